@@ -1,0 +1,130 @@
+"""A weight change ΔW = vᵀu of one module, and applying a set of them exactly.
+
+A delta is rank k: ``u`` is (k, d_in), ``v`` is (k, d_out), ΔW (d_out, d_in) = vᵀ u; a ROME
+edit is the k = 1 case and may hold 1-D vectors. The layout of the *stored module weight*
+travels with the delta, so a Conv1D weight (d_in, d_out) receives ΔWᵀ. Nothing is guessed
+from shapes.
+
+``apply`` always rebuilds the touched weights from pristine copies, summing deltas in
+float32 in the given order and casting once. The same delta list therefore gives
+bit-identical weights whatever was applied before, which makes revert exact.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from romevc.architectures import LAYOUT_CONV1D, LAYOUT_LINEAR
+
+_PRISTINE = "_romevc_pristine"  # module name -> pristine weight copy, kept on the model
+_APPLIED = "_romevc_applied"  # digests of the deltas currently applied, in order
+_BASE_FP = "romevc_base_fingerprint"
+
+
+@dataclass(frozen=True, eq=False)
+class Delta:
+    """ΔW = vᵀ u for the weight of ``module`` (a dotted name in the model)."""
+
+    module: str
+    layout: str
+    u: torch.Tensor  # (d_in,) or (k, d_in), float32
+    v: torch.Tensor  # (d_out,) or (k, d_out), float32
+
+    def __post_init__(self) -> None:
+        if self.layout not in (LAYOUT_LINEAR, LAYOUT_CONV1D):
+            raise ValueError(f"`layout` must be {LAYOUT_LINEAR!r} or {LAYOUT_CONV1D!r}, got {self.layout!r}")
+        if self.u.dim() != self.v.dim() or (self.u.dim() == 2 and self.u.shape[0] != self.v.shape[0]):
+            raise ValueError(f"`u` {tuple(self.u.shape)} and `v` {tuple(self.v.shape)} disagree on the rank")
+
+    @property
+    def rank(self) -> int:
+        return 1 if self.u.dim() == 1 else self.u.shape[0]
+
+    def out_in(self) -> torch.Tensor:
+        """ΔW as (d_out, d_in), float32."""
+        u = self.u.float().reshape(self.rank, -1)  # (k, d_in)
+        v = self.v.float().reshape(self.rank, -1)  # (k, d_out)
+        return v.T @ u
+
+    def for_weight(self) -> torch.Tensor:
+        """ΔW in the stored layout of the module's weight."""
+        delta = self.out_in()
+        return delta.T if self.layout == LAYOUT_CONV1D else delta
+
+    def norm(self) -> float:
+        """‖ΔW‖_F, computed without forming the matrix: sqrt(Σ_ij (u_i·u_j)(v_i·v_j))."""
+        u = self.u.double().reshape(self.rank, -1)
+        v = self.v.double().reshape(self.rank, -1)
+        return float(((u @ u.T) * (v @ v.T)).sum().clamp_min(0).sqrt())
+
+    def digest(self) -> str:
+        """sha256 over module, layout, shapes and the float32 bytes of u and v."""
+        h = hashlib.sha256()
+        h.update(f"{self.module}\0{self.layout}\0{tuple(self.u.shape)}\0{tuple(self.v.shape)}\0".encode())
+        h.update(self.u.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
+        h.update(self.v.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
+        return h.hexdigest()
+
+
+def base_fingerprint(model: torch.nn.Module) -> str:
+    """The fingerprint of the model's unedited weights (set by the loader, else hashed once)."""
+    value = getattr(model, _BASE_FP, None)
+    if value is None:
+        h = hashlib.sha256()
+        pristine = getattr(model, _PRISTINE, {})
+        for name, param in model.state_dict().items():
+            module = name.rsplit(".", 1)[0]
+            tensor = pristine.get(module, param) if name.endswith(".weight") else param
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        value = h.hexdigest()
+        setattr(model, _BASE_FP, value)
+    return value
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """Fingerprint of the weights as they are now: the base plus the applied deltas, in order."""
+    applied = getattr(model, _APPLIED, ())
+    if not applied:
+        return base_fingerprint(model)
+    h = hashlib.sha256(base_fingerprint(model).encode())
+    for digest in applied:
+        h.update(digest.encode())
+    return h.hexdigest()
+
+
+def applied_digests(model: torch.nn.Module) -> tuple[str, ...]:
+    return tuple(getattr(model, _APPLIED, ()))
+
+
+@torch.no_grad()
+def apply(model: torch.nn.Module, deltas: Sequence[Delta]) -> None:
+    """Set the model's weights to pristine + Σ deltas (in order, float32), whatever was applied before."""
+    base_fingerprint(model)  # pin the base fingerprint before the weights move
+    pristine: dict[str, torch.Tensor] = getattr(model, _PRISTINE, None) or {}
+    touched = {d.module for d in deltas} | set(pristine)
+    for name in sorted(touched):
+        weight = model.get_submodule(name).weight
+        if name not in pristine:
+            pristine[name] = weight.detach().clone()
+        total = pristine[name].to(torch.float32)  # a copy unless already float32
+        if total.data_ptr() == pristine[name].data_ptr():
+            total = total.clone()
+        for delta in deltas:
+            if delta.module == name:
+                total += delta.for_weight().to(total.device)
+        weight.copy_(total.to(weight.dtype))
+    setattr(model, _PRISTINE, pristine)
+    setattr(model, _APPLIED, tuple(d.digest() for d in deltas))
+
+
+@torch.no_grad()
+def restore(model: torch.nn.Module) -> None:
+    """Put back every weight ``apply`` touched, bit for bit."""
+    for name, weight in (getattr(model, _PRISTINE, None) or {}).items():
+        model.get_submodule(name).weight.copy_(weight)
+    setattr(model, _PRISTINE, {})
+    setattr(model, _APPLIED, ())
