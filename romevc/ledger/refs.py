@@ -1,0 +1,221 @@
+"""Ref names, compare-and-swap updates and revision parsing, as functions of an open session.
+
+Refs follow git: branches are ``refs/heads/<name>``, tags ``refs/tags/<name>``; ``HEAD`` is
+either symbolic (``ref: refs/heads/main``, possibly unborn: the branch has no commits
+yet) or detached (a commit id). A ref moves only by compare-and-swap: the update names
+the value it expects to replace, and fails with :class:`RefConflictError` when someone
+else moved the ref first, which is how git refuses a non-fast-forward push.
+
+The CAS is a conditional ``UPDATE ... WHERE target = :expected`` (or an ``INSERT`` that
+must not collide), so it is atomic on every backend, not only under SQLite's write lock.
+"""
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from romevc.ledger.errors import (
+    AmbiguousRefError, LedgerError, RefConflictError, RefFormatError, UnknownObjectError, UnknownRefError,
+)
+from romevc.ledger.models import SqlCommit, SqlCommitParent, SqlRef
+from romevc.ledger.objects import Head, RefRecord, is_full_id
+
+
+class _Any:
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+ANY: Final = _Any()  # expected_old for an unconditional ref update
+HEAD = "HEAD"
+HEADS, TAGS, REMOTES = "refs/heads/", "refs/tags/", "refs/remotes/"
+MIN_SHORT_ID = 4
+_ID_PREFIX_SCAN = 10  # candidates listed in an AmbiguousRefError
+
+# git check-ref-format, component by component: no control characters, space, ~^:?*[\,
+# no "..", "@{", leading ".", trailing ".lock", empty component or trailing ".".
+_BAD_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{")
+_SUFFIX_OP = re.compile(r"([~^])(\d*)")
+
+
+def check_ref_name(name: str) -> str:
+    """Return ``name`` if git would accept it as a full ref name (``refs/...``), else raise."""
+    problem = None
+    if not isinstance(name, str) or not name.startswith("refs/") or len(name) > 255:
+        problem = "must start with 'refs/' and be at most 255 characters"
+    elif _BAD_CHARS.search(name):
+        problem = "contains a space, a control character, one of ~^:?*[\\, '..' or '@{'"
+    elif any(not c or c.startswith(".") or c.endswith(".lock") for c in name.split("/")) or name.endswith("."):
+        problem = "has an empty component, a component starting with '.', ending with '.lock', or ends with '.'"
+    elif name.count("/") < 2:
+        problem = "needs a kind and a name, like refs/heads/<branch> or refs/tags/<tag>"
+    if problem:
+        raise RefFormatError(f"invalid ref name {name!r}: it {problem}; pick another name")
+    return name
+
+
+def branch_ref(branch: str) -> str:
+    """``main`` → ``refs/heads/main`` (a full ``refs/heads/...`` name passes through)."""
+    return check_ref_name(branch if branch.startswith(HEADS) else HEADS + branch)
+
+
+def tag_ref(tag: str) -> str:
+    return check_ref_name(tag if tag.startswith(TAGS) else TAGS + tag)
+
+
+def _ref_row(session: Session, name: str) -> SqlRef | None:
+    return session.execute(select(SqlRef).where(SqlRef.name == name)).scalar_one_or_none()
+
+
+def get_ref(session: Session, name: str) -> RefRecord | None:
+    row = _ref_row(session, name)
+    return row.to_record() if row else None
+
+
+def read_head(session: Session) -> Head:
+    row = _ref_row(session, HEAD)
+    if row is None:
+        raise LedgerError("this ledger has no HEAD; run `romevc verify` and restore it from a backup")
+    if row.symbolic is None:
+        return Head(None, row.target)
+    target = session.execute(select(SqlRef.target).where(SqlRef.name == row.symbolic)).scalar_one_or_none()
+    return Head(row.symbolic.removeprefix(HEADS), target)
+
+
+def commit_exists(session: Session, commit: str) -> bool:
+    return session.execute(select(SqlCommit.id).where(SqlCommit.id == commit)).first() is not None
+
+
+def require_commit(session: Session, commit: str) -> None:
+    if not is_full_id(commit) or not commit_exists(session, commit):
+        raise UnknownObjectError(f"commit {commit!r} is not in this ledger; pass a full id from `romevc log`")
+
+
+def compare_and_swap(session: Session, name: str, new: str, expected: str | None | _Any) -> RefRecord:
+    """Point ``name`` at ``new`` if it still points at ``expected`` (None: must not exist)."""
+    require_commit(session, new)
+    if expected is ANY:
+        if session.execute(update(SqlRef).where(SqlRef.name == name).values(target=new)).rowcount == 0:
+            session.execute(insert(SqlRef).values(name=name, target=new, symbolic=None))
+    elif expected is None:
+        try:
+            with session.begin_nested():
+                session.execute(insert(SqlRef).values(name=name, target=new, symbolic=None))
+        except IntegrityError:
+            raise _conflict(session, name, expected) from None
+    else:
+        stmt = update(SqlRef).where(SqlRef.name == name, SqlRef.target == expected).values(target=new)
+        if session.execute(stmt).rowcount != 1:
+            raise _conflict(session, name, expected)
+    return RefRecord(name=name, target=new)
+
+
+def _conflict(session: Session, name: str, expected: str | None | _Any) -> RefConflictError:
+    current = session.execute(select(SqlRef.target).where(SqlRef.name == name)).scalar_one_or_none()
+    was = "did not exist" if current is None else f"was at {current[:12]}"
+    want = "to not exist yet" if expected is None else f"to be at {str(expected)[:12]}"
+    return RefConflictError(
+        f"{name} moved: expected it {want}, but it {was} (someone else updated it); "
+        "look at the new history and try again"
+    )
+
+
+def delete_ref(session: Session, name: str, expected: str | None | _Any) -> None:
+    head = _ref_row(session, HEAD)
+    if head is not None and head.symbolic == name:
+        raise RefConflictError(f"cannot delete {name}: HEAD points at it; switch to another branch first")
+    stmt = delete(SqlRef).where(SqlRef.name == name)
+    if expected is not ANY:
+        stmt = stmt.where(SqlRef.target == expected)
+    if session.execute(stmt).rowcount != 1:
+        if _ref_row(session, name) is None:
+            raise UnknownRefError(f"no ref named {name}; see `romevc branch` and `romevc tag`")
+        raise _conflict(session, name, expected)
+
+
+# -- revision parsing ----------------------------------------------------------------------
+
+def _base_commit(session: Session, base: str, refish: str) -> str:
+    if base in (HEAD, "@"):
+        head = read_head(session)
+        if head.commit is None:
+            raise UnknownRefError(f"HEAD has no commits yet (branch {head.branch!r} is unborn): nothing to show for {refish!r}")
+        return head.commit
+    if base.startswith("refs/"):
+        target = session.execute(select(SqlRef.target).where(SqlRef.name == base)).scalar_one_or_none()
+        if target is None:
+            raise UnknownRefError(f"no ref named {base}; see `romevc branch` and `romevc tag`")
+        return target
+    names = [HEADS + base, TAGS + base, REMOTES + base]
+    found = session.execute(select(SqlRef.name, SqlRef.target).where(SqlRef.name.in_(names))).all()
+    found = [(n, t) for n, t in found if t is not None]
+    if len(found) > 1:
+        candidates = tuple(sorted(n for n, _ in found))
+        raise AmbiguousRefError(f"{base!r} names several refs: {', '.join(candidates)}; spell the one you mean out", candidates)
+    if found:
+        return found[0][1]
+    return resolve_prefix(session, SqlCommit.id, base, "commit", refish)
+
+
+def resolve_prefix(session: Session, column, prefix: str, what: str, refish: str | None = None) -> str:
+    """The one id in ``column`` starting with ``prefix`` (≥ 4 hex digits)."""
+    refish = refish or prefix
+    p = prefix.lower()
+    if not (MIN_SHORT_ID <= len(p) <= 64 and all(c in "0123456789abcdef" for c in p)):
+        raise UnknownRefError(
+            f"unknown {what} {refish!r}: not a branch, tag or id (short ids need at least {MIN_SHORT_ID} hex digits)"
+        )
+    # A range scan uses the primary-key index on every backend (LIKE 'p%' does not on SQLite).
+    ids = session.execute(
+        select(column).where(column >= p, column < p + "g").order_by(column).limit(_ID_PREFIX_SCAN + 1)
+    ).scalars().all()
+    if not ids:
+        raise UnknownRefError(f"unknown {what} {refish!r}: no branch, tag or id matches; see `romevc log`")
+    if len(ids) > 1:
+        shown = tuple(ids[:_ID_PREFIX_SCAN])
+        more = " and more" if len(ids) > _ID_PREFIX_SCAN else ""
+        raise AmbiguousRefError(
+            f"{what} id prefix {prefix!r} is ambiguous: it matches {', '.join(i[:12] for i in shown)}{more}; "
+            "type more digits", shown,
+        )
+    return ids[0]
+
+
+def _nth_parent(session: Session, commit: str, n: int, refish: str) -> str:
+    parent = session.execute(
+        select(SqlCommitParent.parent_id).where(SqlCommitParent.commit_id == commit, SqlCommitParent.position == n - 1)
+    ).scalar_one_or_none()
+    if parent is None:
+        which = "a parent" if n == 1 else f"a parent #{n}"
+        raise UnknownRefError(f"{refish!r} goes past the root: commit {commit[:12]} has no {which}")
+    return parent
+
+
+def resolve(session: Session, refish: str) -> str:
+    """A full commit id for ``refish``: HEAD, a branch, tag, full or short id, then ``~N``/``^N``.
+
+    Names win over id prefixes, like git. A short name that is both a branch and a tag is
+    an :class:`AmbiguousRefError` (git would pick the tag and warn). ``X~N`` follows first
+    parents N times; ``X^N`` takes the N-th parent (``^`` = ``^1``, ``^0`` = X itself).
+    """
+    if not isinstance(refish, str) or not refish.strip():
+        raise UnknownRefError(f"empty revision {refish!r}; pass a branch, tag or commit id")
+    refish = refish.strip()
+    cut = min((i for i in (refish.find("~"), refish.find("^")) if i >= 0), default=len(refish))
+    base, suffix = refish[:cut], refish[cut:]
+    ops = _SUFFIX_OP.findall(suffix)
+    if "".join(op + num for op, num in ops) != suffix or not base:
+        raise UnknownRefError(f"cannot parse revision {refish!r}; write e.g. HEAD~2, main^2 or a1b2c3d")
+    commit = _base_commit(session, base, refish)
+    for op, num in ops:
+        n = int(num) if num else 1
+        if op == "~":
+            for _ in range(n):
+                commit = _nth_parent(session, commit, 1, refish)
+        elif n > 0:
+            commit = _nth_parent(session, commit, n, refish)
+    return commit
