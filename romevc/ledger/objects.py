@@ -49,7 +49,9 @@ def canonical_json(value: Any) -> str:
 def normalise_json(value: Any, what: str) -> Any:
     """``value`` as it reads back from the database (tuples become lists, keys become str)."""
     try:
-        return json.loads(canonical_json(value))
+        text = canonical_json(value)
+        text.encode("utf-8")  # lone surrogates cannot be hashed
+        return json.loads(text)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"`{what}` must be JSON-serialisable without NaN/inf: {exc}") from None
 
