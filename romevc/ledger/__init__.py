@@ -12,12 +12,12 @@ from romevc.ledger.objects import (
     FORMAT_VERSION, KIND_EDIT, KIND_MERGE, KIND_REVERT, LAYOUT_CONV1D, LAYOUT_LINEAR, BlameEntry, CommitRecord,
     EditRecord, Head, RefRecord, RemoteRecord, RepoInfo, StatsMeta, VerifyReport, commit_id, edit_id,
 )
-from romevc.ledger.refs import ANY, branch_ref, check_ref_name, tag_ref
+from romevc.ledger.refs import ANY, Expected, branch_ref, check_ref_name, tag_ref
 from romevc.ledger.store import Ledger, default_url
 
 __all__ = [
     "ANY", "FORMAT_VERSION", "KIND_EDIT", "KIND_MERGE", "KIND_REVERT", "LAYOUT_CONV1D", "LAYOUT_LINEAR",
-    "AmbiguousRefError", "BlameEntry", "CommitRecord", "CorruptObjectError", "EditRecord", "Head", "Ledger",
+    "AmbiguousRefError", "BlameEntry", "CommitRecord", "CorruptObjectError", "EditRecord", "Expected", "Head", "Ledger",
     "LedgerError", "LedgerExistsError", "LedgerVersionError", "NotARepositoryError", "RefConflictError",
     "RefFormatError", "RefRecord", "RemoteExistsError", "RemoteRecord", "RepoInfo", "StatsMeta",
     "UnknownObjectError", "UnknownRefError", "UnknownRemoteError", "VerifyReport", "branch_ref",

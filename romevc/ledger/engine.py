@@ -14,7 +14,8 @@ SQLite is the default ledger, and two ``romevc`` commands may well run at the sa
 - ``foreign_keys=ON`` on every connection (SQLite defaults to off).
 
 An in-memory URL (``sqlite://``) gets a :class:`StaticPool`: every session shares its one
-connection, so every session sees the same database.
+connection, so every session sees the same database. Such a ledger is for tests and
+scratch work in one thread; concurrent threads would interleave on that one connection.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ must not collide), so it is atomic on every backend, not only under SQLite's wri
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Final, Union
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -31,6 +31,7 @@ class _Any:
 
 
 ANY: Final = _Any()  # expected_old for an unconditional ref update
+Expected = Union[str, None, _Any]  # what a CAS expects a ref to hold: a commit id, "absent", or ANY
 HEAD = "HEAD"
 HEADS, TAGS, REMOTES = "refs/heads/", "refs/tags/", "refs/remotes/"
 MIN_SHORT_ID = 4
@@ -95,7 +96,7 @@ def require_commit(session: Session, commit: str) -> None:
         raise UnknownObjectError(f"commit {commit!r} is not in this ledger; pass a full id from `romevc log`")
 
 
-def compare_and_swap(session: Session, name: str, new: str, expected: str | None | _Any) -> RefRecord:
+def compare_and_swap(session: Session, name: str, new: str, expected: Expected) -> RefRecord:
     """Point ``name`` at ``new`` if it still points at ``expected`` (None: must not exist)."""
     require_commit(session, new)
     if expected is ANY:
@@ -114,7 +115,7 @@ def compare_and_swap(session: Session, name: str, new: str, expected: str | None
     return RefRecord(name=name, target=new)
 
 
-def _conflict(session: Session, name: str, expected: str | None | _Any) -> RefConflictError:
+def _conflict(session: Session, name: str, expected: Expected) -> RefConflictError:
     current = session.execute(select(SqlRef.target).where(SqlRef.name == name)).scalar_one_or_none()
     was = "did not exist" if current is None else f"was at {current[:12]}"
     want = "to not exist yet" if expected is None else f"to be at {str(expected)[:12]}"
@@ -124,7 +125,7 @@ def _conflict(session: Session, name: str, expected: str | None | _Any) -> RefCo
     )
 
 
-def delete_ref(session: Session, name: str, expected: str | None | _Any) -> None:
+def delete_ref(session: Session, name: str, expected: Expected) -> None:
     head = _ref_row(session, HEAD)
     if head is not None and head.symbolic == name:
         raise RefConflictError(f"cannot delete {name}: HEAD points at it; switch to another branch first")

@@ -34,7 +34,7 @@ from romevc.ledger.objects import (
     FORMAT_VERSION, BlameEntry, CommitRecord, EditRecord, Head, RefRecord, RemoteRecord, RepoInfo, StatsMeta,
     VerifyReport, canonical_json, is_full_id, normalise_json,
 )
-from romevc.ledger.refs import ANY, HEAD, branch_ref, check_ref_name
+from romevc.ledger.refs import ANY, HEAD, Expected, branch_ref, check_ref_name
 from romevc.ledger.schema import current_revision, ensure_current, upgrade
 from romevc.ledger.verify import verify_all as _verify_all
 
@@ -202,7 +202,7 @@ class Ledger:
         def op(s: Session) -> EditRecord:
             row = s.get(SqlEdit, edit_id)
             if row is None:
-                raise UnknownObjectError(f"edit {edit_id!r} is not in this ledger; see `romevc log --edits`")
+                raise UnknownObjectError(f"edit {edit_id!r} is not in this ledger; see `romevc show` for the ids of a commit's edits")
             return row.to_record()
         record = self._read(op)
         record.verify()
@@ -379,7 +379,7 @@ class Ledger:
         """The ref with this full name (``refs/heads/main``, ``HEAD``), None if it does not exist."""
         return self._read(lambda s: _refs.get_ref(s, name))
 
-    def update_ref(self, name: str, new: str, expected_old: str | None | object) -> RefRecord:
+    def update_ref(self, name: str, new: str, expected_old: Expected) -> RefRecord:
         """Compare-and-swap a branch or tag: point ``name`` at commit ``new`` if it is at
         ``expected_old`` (None: it must not exist yet; :data:`ANY`: whatever it is).
         Raises :class:`RefConflictError` when the ref moved. HEAD moves with ``set_head_*``.
@@ -387,7 +387,7 @@ class Ledger:
         check_ref_name(name)
         return self._write(lambda s: _refs.compare_and_swap(s, name, new, expected_old))
 
-    def delete_ref(self, name: str, expected_old: str | object = ANY) -> None:
+    def delete_ref(self, name: str, expected_old: Expected = ANY) -> None:
         """Delete a branch or tag (CAS like :meth:`update_ref`); not the branch HEAD is on."""
         check_ref_name(name)
         self._write(lambda s: _refs.delete_ref(s, name, expected_old))
