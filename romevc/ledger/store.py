@@ -202,7 +202,7 @@ class Ledger:
         def op(s: Session) -> EditRecord:
             row = s.get(SqlEdit, edit_id)
             if row is None:
-                raise UnknownObjectError(f"edit {edit_id!r} is not in this ledger; see `romevc show` for the ids of a commit's edits")
+                raise UnknownObjectError(f"edit {edit_id!r} is not in this ledger")
             return row.to_record()
         record = self._read(op)
         record.verify()
