@@ -58,7 +58,7 @@ _GPTJ = Architecture(
 )
 _NEOX = Architecture(
     family="gpt_neox", layers="gpt_neox.layers", mlp="mlp", edited="mlp.dense_4h_to_h",
-    attention="attention", final_norm="gpt_neox.final_layer_norm", head="embed_out",
+    attention="attention", final_norm="gpt_neox.final_layer_norm", head="lm_head",
     embed="gpt_neox.embed_in", layout=LAYOUT_LINEAR, default_layer=15,
 )
 

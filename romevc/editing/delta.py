@@ -11,16 +11,17 @@ bit-identical weights whatever was applied before, which makes revert exact.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
 from romevc.architectures import LAYOUT_CONV1D, LAYOUT_LINEAR
 
 _PRISTINE = "_romevc_pristine"  # module name -> pristine weight copy, kept on the model
-_APPLIED = "_romevc_applied"  # digests of the deltas currently applied, in order
+_APPLIED = "_romevc_applied"  # the deltas currently applied, in order
 _BASE_FP = "romevc_base_fingerprint"
 
 
@@ -87,16 +88,16 @@ def base_fingerprint(model: torch.nn.Module) -> str:
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """Fingerprint of the weights as they are now: the base plus the applied deltas, in order."""
-    applied = getattr(model, _APPLIED, ())
+    applied = applied_deltas(model)
     if not applied:
         return base_fingerprint(model)
     h = hashlib.sha256(base_fingerprint(model).encode())
-    for digest in applied:
-        h.update(digest.encode())
+    for delta in applied:
+        h.update(delta.digest().encode())
     return h.hexdigest()
 
 
-def applied_digests(model: torch.nn.Module) -> tuple[str, ...]:
+def applied_deltas(model: torch.nn.Module) -> tuple[Delta, ...]:
     return tuple(getattr(model, _APPLIED, ()))
 
 
@@ -118,7 +119,7 @@ def apply(model: torch.nn.Module, deltas: Sequence[Delta]) -> None:
                 total += delta.for_weight().to(total.device)
         weight.copy_(total.to(weight.dtype))
     setattr(model, _PRISTINE, pristine)
-    setattr(model, _APPLIED, tuple(d.digest() for d in deltas))
+    setattr(model, _APPLIED, tuple(deltas))
 
 
 @torch.no_grad()
@@ -128,3 +129,17 @@ def restore(model: torch.nn.Module) -> None:
         model.get_submodule(name).weight.copy_(weight)
     setattr(model, _PRISTINE, {})
     setattr(model, _APPLIED, ())
+
+
+@contextlib.contextmanager
+def base_weights(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run a block on the unedited weights, then put the applied deltas back exactly."""
+    deltas = applied_deltas(model)
+    if not deltas:
+        yield model
+        return
+    restore(model)
+    try:
+        yield model
+    finally:
+        apply(model, deltas)

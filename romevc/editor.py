@@ -1,0 +1,67 @@
+"""A loaded base model with the caches edits need: statistics and context templates.
+
+The editing functions are pure and take their caches as arguments; this object owns
+those caches for one model so that a session of many edits computes each only once.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from romevc.architectures import default_layer, num_layers
+from romevc.editing import delta as deltas
+from romevc.editing.delta import Delta
+from romevc.editing.hparams import RomeHyperParams, family_defaults
+from romevc.editing.request import EditRequest
+from romevc.editing.result import EditResult
+from romevc.editing.rome import compute_edit
+from romevc.editing.stats import StatsCache
+from romevc.editing.templates import generate_templates
+from romevc.model import LoadedModel
+from romevc.predict import Choice, target_probability, top_k
+
+
+class Editor:
+    """Compute, apply and undo edits on one loaded model."""
+
+    def __init__(self, loaded: LoadedModel, stats: StatsCache | None = None):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.stats = stats or StatsCache()
+        self._templates: dict[tuple, tuple[str, ...]] = {}
+
+    def hparams(self, **overrides) -> RomeHyperParams:
+        """The family's defaults (layer, clamp) with ``overrides`` (None values ignored) on top."""
+        base = {"layer": default_layer(self.model), **family_defaults(self.loaded.architecture.family,
+                                                                         num_layers(self.model))}
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return RomeHyperParams(**base)
+
+    def templates(self, hp: RomeHyperParams) -> tuple[str, ...]:
+        """Context templates for (base weights, seed, spec): sampled once, then reused."""
+        key = (deltas.base_fingerprint(self.model), hp.seed, hp.templates)
+        if key not in self._templates:
+            self._templates[key] = generate_templates(self.model, self.tokenizer, hp.seed, hp.templates)
+        return self._templates[key]
+
+    def compute(self, request: EditRequest, hparams: RomeHyperParams | None = None) -> EditResult:
+        """One edit against the current weights (the model is unchanged afterwards)."""
+        hp = hparams or self.hparams()
+        return compute_edit(self.model, self.tokenizer, request, hp, stats=self.stats,
+                            templates=self.templates(hp))
+
+    def apply(self, edits: Sequence[Delta | EditResult]) -> None:
+        """Set the weights to base + these deltas, in order (exact, path-independent)."""
+        deltas.apply(self.model, [e.delta if isinstance(e, EditResult) else e for e in edits])
+
+    def restore(self) -> None:
+        deltas.restore(self.model)
+
+    def applied(self) -> tuple[Delta, ...]:
+        return deltas.applied_deltas(self.model)
+
+    def predict(self, prompt: str, k: int = 5) -> list[Choice]:
+        return top_k(self.model, self.tokenizer, prompt, k)
+
+    def probability(self, prompt: str, target: str) -> float:
+        return target_probability(self.model, self.tokenizer, prompt, target)
