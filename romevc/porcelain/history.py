@@ -1,0 +1,179 @@
+"""The verbs of :class:`romevc.repo.Repo` that walk history: decorations, blame, verify, rebase.
+
+They live here to keep ``repo.py`` short; each takes the open ``Repo`` as its first argument.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from romevc.ledger import EditRecord, Ledger, branch_ref
+from romevc.ledger.errors import CorruptObjectError
+from romevc.porcelain.errors import MergeConflictError, NothingToDoError, RepoError
+from romevc.porcelain.materialize import fingerprints_before
+from romevc.porcelain.merge import conflict_message, find_conflicts, recompute_stale
+from romevc.porcelain.reports import BlameLine, EditSummary, MergeResult, RecomputeCheck, VerifyResult, short
+
+if TYPE_CHECKING:
+    from romevc.repo import Repo
+
+_FEW = 256  # changed edits fetched one by one; more, and the whole set is read in one query
+
+
+def decorations(ledger: Ledger) -> dict[str, list[str]]:
+    """commit id -> labels as git prints them: ``HEAD -> main``, ``tag: v1``, ``feature``."""
+    head = ledger.head()
+    out: dict[str, list[str]] = {}
+    if head.branch is None and head.commit is not None:
+        out.setdefault(head.commit, []).append("HEAD")
+    for ref in ledger.list_refs():
+        if ref.target is None:
+            continue
+        if ref.name.startswith("refs/heads/"):
+            label = f"HEAD -> {ref.short_name}" if ref.short_name == head.branch else ref.short_name
+            labels = out.setdefault(ref.target, [])
+            labels.insert(0, label) if label.startswith("HEAD") else labels.append(label)
+        elif ref.name.startswith("refs/tags/"):
+            out.setdefault(ref.target, []).append(f"tag: {ref.short_name}")
+        else:
+            out.setdefault(ref.target, []).append(ref.name.removeprefix("refs/remotes/"))
+    return out
+
+
+def edits_by_id(repo: "Repo", commit: str, ids: Sequence[str]) -> list[EditRecord]:
+    """The records of ``ids`` (all in ``commit``'s set), in the given order, read cheaply."""
+    if len(ids) <= _FEW:
+        return [repo.ledger.get_edit(i) for i in ids]
+    pool = {e.id: e for e in repo.records(commit)}
+    return [pool[i] for i in ids]
+
+
+def blame(repo: "Repo", *, subject: str | None, layer: int | None, ref: str | None) -> list[BlameLine]:
+    entries = repo.ledger.blame(subject=subject, layer=layer, start=ref)
+    cache: dict[str, EditSummary] = {}
+
+    def summary(edit_id: str) -> EditSummary:
+        if edit_id not in cache:
+            cache[edit_id] = EditSummary.of(repo.ledger.get_edit(edit_id))
+        return cache[edit_id]
+
+    return [BlameLine(e.commit, tuple(map(summary, e.added)), tuple(map(summary, e.removed))) for e in entries]
+
+
+# -- verify -------------------------------------------------------------------------------------------
+
+def _contexts(repo: "Repo") -> tuple[dict[str, tuple[str, int]], set[str]]:
+    """For each edit reachable from a ref, one (commit, position) where the edits before it are
+    exactly the weights it was computed against; and the edits that have no such place."""
+    ledger = repo.ledger
+    tips = {r.target for r in ledger.list_refs() if r.target}
+    head = ledger.head().commit
+    if head:
+        tips.add(head)
+    commits: dict[str, object] = {}
+    for tip in sorted(tips):
+        for c in ledger.log(tip):
+            commits.setdefault(c.id, c)
+    found: dict[str, tuple[str, int]] = {}
+    seen: set[str] = set()
+    for cid, c in commits.items():
+        if all(e in found for e in c.edit_ids):
+            continue
+        try:
+            records = repo.records(cid)
+        except CorruptObjectError:
+            continue  # reported by verify_all
+        for i, (record, fp) in enumerate(zip(records, fingerprints_before(repo.info.base_fingerprint, records))):
+            seen.add(record.id)
+            if record.id not in found and record.weights_fingerprint == fp:
+                found[record.id] = (cid, i)
+    return found, seen - set(found)
+
+
+def verify(repo: "Repo", *, recompute: bool) -> VerifyResult:
+    report = repo.ledger.verify_all()
+    if not recompute:
+        return VerifyResult(report)
+    found, nowhere = _contexts(repo)
+    checks = [RecomputeCheck(e, "skipped", "computed on weights this ledger does not hold (applied from elsewhere)")
+              for e in sorted(nowhere)]
+    for edit_id, (commit, position) in tqdm(sorted(found.items()), desc="recomputing", unit="edit"):
+        records = repo.records(commit)
+        stored = records[position]
+        again = repo.recompute(stored, records[:position])
+        if again.u == stored.u and again.v == stored.v:
+            checks.append(RecomputeCheck(edit_id, "identical"))
+            continue
+        diff = max(float(np.abs(np.frombuffer(x, "<f4") - np.frombuffer(y, "<f4")).max())
+                   for x, y in ((again.u, stored.u), (again.v, stored.v)))
+        checks.append(RecomputeCheck(edit_id, "differs", f"max |Δ| {diff:.3g} between stored and recomputed u/v", diff))
+    return VerifyResult(report, tuple(checks))
+
+
+# -- rebase onto another commit ------------------------------------------------------------------------
+
+def rebase_onto(repo: "Repo", onto: str) -> MergeResult:
+    """Replay HEAD's branch since its merge base with ``onto`` as new commits on ``onto``.
+
+    Each replayed commit keeps its message, author and time; its edits are recomputed on
+    the weights they now land on, so the rebased branch has no stale edits of its own.
+    """
+    ledger = repo.ledger
+    branch, head = repo._branch_head()
+    if head is None:
+        raise NothingToDoError("no commits yet; nothing to rebase")
+    target = ledger.resolve(onto)
+    if head == target or ledger.is_ancestor(target, head):
+        raise NothingToDoError(f"{branch} already contains {onto}; nothing to rebase")
+    if ledger.is_ancestor(head, target):
+        ledger.update_ref(branch_ref(branch), target, head)
+        return MergeResult("fast-forward", target)
+    bases = ledger.merge_bases(head, target)
+    base = bases[0] if bases else None
+    chain = []
+    for c in ledger.log(head, first_parent=True):
+        if c.id == base:
+            break
+        if len(c.parents) > 1:
+            raise RepoError(f"commit {short(c.id)} is a merge: rebasing across merges is not supported; "
+                            f"use `romevc merge {onto}`")
+        chain.append(c)
+    base_ids = {e.id for e in repo.records(base)}
+    ours_new = [e for e in repo.records(head) if e.id not in base_ids]
+    theirs_new = [e for e in repo.records(target) if e.id not in base_ids]
+    conflicts, _ = find_conflicts(ours_new, theirs_new)
+    if conflicts:
+        raise MergeConflictError(conflict_message(conflicts, "rebase").replace(
+            "keep one side with --ours or --theirs", "use `romevc merge` with --ours or --theirs"), conflicts)
+
+    current = repo.records(target)
+    origin: dict[str, str] = {}  # id in the rebased sets -> id it replays
+    commits, made, recomputed = [], [], []
+    parent = target
+    bar = tqdm(desc="recomputing replayed edits", unit="edit")
+    for c in reversed(chain):
+        before = {e.id for e in repo.records(c.parents[0])} if c.parents else set()
+        after = repo.records(c.id)
+        removed = before - {e.id for e in after}
+        current = [e for e in current if origin.get(e.id, e.id) not in removed]
+        present = {origin.get(e.id, e.id) for e in current}
+        current += [e for e in after if e.id not in before and e.id not in present]
+        mine = {e.id for e in current if e.id in origin or e.id not in {t.id for t in repo.records(target)}}
+
+        def again(record, on):
+            bar.update(1)
+            return repo.recompute(record, on)
+
+        current, pairs = recompute_stale(repo.info.base_fingerprint, current, again, only=mine)
+        for old, new in pairs:
+            origin[new] = origin.get(old, old)
+            recomputed.append((old, new))
+        made += [e for e in current if e.id in {n for _, n in pairs}]
+        commit = repo._commit([parent], current, c.message, c.kind, c.author, c.time, c.tz)
+        commits.append(commit)
+        parent = commit.id
+    bar.close()
+    repo._write(branch, head, made, commits)
+    return MergeResult("rebase", parent, recomputed=tuple(recomputed))

@@ -1,0 +1,177 @@
+"""From ledger records to weights: deltas, weight fingerprints, staleness, and the model cache.
+
+A commit's weights are the pristine base plus the deltas of its edit set, in order,
+accumulated in float32 (:func:`romevc.editing.delta.apply`). The same edit set therefore
+gives bit-identical weights whatever path led there, which makes revert exact.
+
+Every edit records the fingerprint of the weights it was computed against:
+``sha256(base fingerprint ‖ digest(d₁) ‖ … ‖ digest(dₙ))`` over the deltas applied at the
+time (:func:`romevc.editing.delta.weights_fingerprint`). :func:`fingerprints_before`
+recomputes the same hash from the stored bytes, without a model, so whether an edit is
+**stale** (computed on weights other than the ones it now lands on) is a cheap,
+derived fact of each (edit, position in an edit set) — never stored, never out of date.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from romevc.editing.delta import Delta
+from romevc.editing.result import EditResult
+from romevc.ledger import EditRecord, RepoInfo
+from romevc.porcelain.errors import BaseMismatchError
+
+log = logging.getLogger(__name__)
+
+_LE_FLOAT32 = np.dtype("<f4")
+
+
+# -- records <-> deltas ----------------------------------------------------------------------
+
+def _shapes(record: EditRecord) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Tensor shapes of u and v as the engine makes them: 1-D for rank one, else (k, d)."""
+    if record.rank == 1:
+        return (record.d_in,), (record.d_out,)
+    return (record.rank, record.d_in), (record.rank, record.d_out)
+
+
+def to_delta(record: EditRecord) -> Delta:
+    """The engine's :class:`Delta` for a stored edit (float32, CPU)."""
+    u_shape, v_shape = _shapes(record)
+    u = torch.from_numpy(np.frombuffer(record.u, dtype=_LE_FLOAT32).astype(np.float32)).reshape(u_shape)
+    v = torch.from_numpy(np.frombuffer(record.v, dtype=_LE_FLOAT32).astype(np.float32)).reshape(v_shape)
+    return Delta(record.module, record.layout, u, v)
+
+
+def _le_bytes(t: torch.Tensor) -> bytes:
+    return t.detach().to(torch.float32).contiguous().cpu().numpy().astype(_LE_FLOAT32).tobytes()
+
+
+def record_from_result(result: EditResult, *, author: str, time: int) -> EditRecord:
+    """An :class:`EditRecord` holding everything needed to recompute ``result``."""
+    delta = result.delta
+    return EditRecord.create(
+        request=result.request.to_dict(), method=result.method, hparams=result.hparams, seed=result.seed,
+        templates=result.templates, layer=result.layer, module=delta.module, layout=delta.layout,
+        u=_le_bytes(delta.u), v=_le_bytes(delta.v), rank=delta.rank, stats_id=result.stats_id,
+        weights_fingerprint=result.weights_fingerprint, author=author, time=time,
+    )
+
+
+def delta_digest(record: EditRecord) -> str:
+    """:meth:`Delta.digest` of ``to_delta(record)``, from the stored bytes (no torch)."""
+    u_shape, v_shape = _shapes(record)
+    h = hashlib.sha256(f"{record.module}\0{record.layout}\0{u_shape}\0{v_shape}\0".encode())
+    h.update(record.u)  # float32 little-endian: the bytes Delta.digest hashes on this machine
+    h.update(record.v)
+    return h.hexdigest()
+
+
+def fingerprints_before(base_fingerprint: str, records: Sequence[EditRecord]) -> list[str]:
+    """For each position i, the fingerprint of base + records[:i] (what edit i should have seen)."""
+    out: list[str] = []
+    h = hashlib.sha256(base_fingerprint.encode())
+    for i, record in enumerate(records):
+        out.append(base_fingerprint if i == 0 else h.hexdigest())
+        h.update(delta_digest(record).encode())
+    return out
+
+
+def weights_fingerprint_of(base_fingerprint: str, records: Sequence[EditRecord]) -> str:
+    """The fingerprint of base + all ``records``: what an edit computed on top would record."""
+    if not records:
+        return base_fingerprint
+    h = hashlib.sha256(base_fingerprint.encode())
+    for record in records:
+        h.update(delta_digest(record).encode())
+    return h.hexdigest()
+
+
+def stale_flags(base_fingerprint: str, records: Sequence[EditRecord]) -> list[bool]:
+    """Whether each edit was computed on weights other than base + the edits before it.
+
+    An edit without a recorded fingerprint is never called stale: nothing says it is.
+    """
+    before = fingerprints_before(base_fingerprint, records)
+    return [r.weights_fingerprint is not None and r.weights_fingerprint != fp for r, fp in zip(records, before)]
+
+
+# -- the model cache ----------------------------------------------------------------------------
+
+class Workspace:
+    """The base model of one repository, loaded once, and the edit set applied to it now.
+
+    Switching commits re-applies deltas on pristine copies of the touched modules
+    (:func:`romevc.editing.delta.apply`), so the base is read from disk once per process.
+    """
+
+    def __init__(self, info: RepoInfo, make_stats: Callable[[], object], *, loaded=None,
+                 device_map: str | dict | None = None) -> None:
+        self.info = info
+        self._make_stats = make_stats
+        self._device_map = device_map
+        self._loaded = None
+        self._editor = None
+        self._deltas: dict[str, Delta] = {}
+        if loaded is not None:
+            self._check(loaded)
+            self._loaded = loaded
+
+    def _check(self, loaded) -> None:
+        if loaded.fingerprint != self.info.base_fingerprint:
+            raise BaseMismatchError(
+                f"the base {self.info.base_id} now has weights {loaded.fingerprint[:12]}, but this repository's "
+                f"edits were made on {self.info.base_fingerprint[:12]}; restore the original base files "
+                "(or start a new repository with `romevc init`)"
+            )
+
+    @property
+    def loaded(self):
+        """The base as a :class:`romevc.model.LoadedModel`, loaded and fingerprint-checked on first use."""
+        if self._loaded is None:
+            from romevc.model import BaseSpec, load_base
+
+            log.info("loading base %s", self.info.base_id)
+            loaded = load_base(BaseSpec(self.info.base_id, self.info.revision), dtype=self.info.dtype,
+                               device_map=self._device_map)
+            self._check(loaded)
+            self._loaded = loaded
+        return self._loaded
+
+    @property
+    def editor(self):
+        if self._editor is None:
+            from romevc.editor import Editor
+
+            self._editor = Editor(self.loaded, stats=self._make_stats())
+        return self._editor
+
+    def delta(self, record: EditRecord) -> Delta:
+        if record.id not in self._deltas:
+            self._deltas[record.id] = to_delta(record)
+        return self._deltas[record.id]
+
+    def checkout(self, records: Sequence[EditRecord]) -> torch.nn.Module:
+        """Set the model's weights to base + ``records`` (exact); returns the model."""
+        wanted = [self.delta(r) for r in records]
+        editor = self.editor
+        applied = editor.applied()
+        # The applied deltas live on the model object: compare them by identity, so a model
+        # shared between repositories (tests, notebooks) is never trusted blindly.
+        if len(applied) != len(wanted) or any(a is not b for a, b in zip(applied, wanted)):
+            editor.apply(wanted)
+        return editor.model
+
+    def compute(self, request, hparams, *, templates: Sequence[str] | None = None) -> EditResult:
+        """One edit on the weights checked out now; stored ``templates`` make a recompute exact."""
+        from romevc.editing.rome import compute_edit
+
+        editor = self.editor
+        if templates is None:
+            return editor.compute(request, hparams)
+        return compute_edit(editor.model, editor.tokenizer, request, hparams, stats=editor.stats,
+                            templates=tuple(templates))

@@ -1,0 +1,639 @@
+"""The porcelain: a repository of ROME edits on one base checkpoint, with git's verbs.
+
+``Repo.init(path, base)`` records the base (id, pinned revision, architecture, dtype,
+fingerprint) in a new ledger under ``path/.romevc``; ``Repo.open(path)`` finds ``.romevc`` in
+``path`` or a parent, like git. Verbs take ``author``/``time``/``tz`` so tests fix them and
+ids are reproducible, and return records from :mod:`romevc.ledger` or the plain values
+of :mod:`romevc.porcelain.reports`.
+
+Choices where git offers several:
+
+- Committing verbs refuse a detached HEAD (:class:`DetachedHeadError`): a commit that no
+  branch reaches is easy to lose, and an edit costs seconds to minutes to compute.
+- ``edit_batch`` makes one commit per request line (so ``revert`` and ``blame`` can name
+  one fact), all written in one transaction after every line is computed; a bad line
+  refuses the whole batch, naming the line. ``apply`` of the same file makes one commit.
+- Every change is computed first and written in one ledger transaction, so an error
+  leaves the ledger as it was.
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import shutil
+import time as _time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from tqdm.auto import tqdm
+
+from romevc.editing.hparams import METHODS, RomeHyperParams
+from romevc.editing.request import EditRequest
+from romevc.errors import RomevcError
+from romevc.ledger import (
+    KIND_EDIT, KIND_MERGE, KIND_REVERT, CommitRecord, EditRecord, Head, Ledger, LedgerExistsError, RepoInfo,
+    StatsMeta, branch_ref, default_url, tag_ref,
+)
+from romevc.ledger.errors import NotARepositoryError, RefFormatError, UnknownRefError
+from romevc.porcelain import batch, history
+from romevc.porcelain.errors import (
+    BaseMismatchError, DetachedHeadError, EditSetError, NothingToDoError, RecomputeError, RepoError,
+    RepositoryExistsError,
+)
+from romevc.porcelain.materialize import Workspace, record_from_result, stale_flags
+from romevc.porcelain.merge import DEFAULT_THRESHOLD, plan_merge, recompute_stale
+from romevc.porcelain.reports import (
+    BranchInfo, Committed, DiffReport, EditEffect, EditSummary, MergeResult, Prediction, ProbeResult, ShowReport,
+    Status, short,
+)
+from romevc import paths
+
+log = logging.getLogger(__name__)
+
+DOT_DIR, CONFIG_FILE = ".romevc", "config.json"
+CONFIG_FORMAT = 1
+KIND_APPLY, KIND_REBASE = "apply", "rebase"
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    """``.romevc/config.json``: where the ledger is and how statistics are gathered."""
+
+    ledger: str | None = None  # an SQLAlchemy URL; None: .romevc/ledger.db
+    author: str | None = None  # default author of commits
+    stats_corpus: str | None = None  # None: romevc's default corpus
+    stats_tokens: int | None = None  # None: the engine's default
+    stats_root: str | None = None  # None: the user cache
+    format: int = CONFIG_FORMAT
+
+    @classmethod
+    def read(cls, path: Path) -> "RepoConfig":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise NotARepositoryError(f"cannot read {path}: {exc}; restore it or run `romevc init` again") from None
+        if not isinstance(data, dict) or data.get("format", 0) > CONFIG_FORMAT:
+            raise RepoError(f"{path} was written by a newer romevc; upgrade romevc")
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def write(self, path: Path) -> None:
+        paths.atomic_write_text(path, json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+
+
+def find_root(path: str | Path = ".") -> Path:
+    """The nearest folder at or above ``path`` holding ``.romevc/config.json``."""
+    start = Path(path).expanduser().resolve()
+    for folder in (start, *start.parents):
+        if (folder / DOT_DIR / CONFIG_FILE).is_file():
+            return folder
+    raise NotARepositoryError(f"not a romevc repository (or any parent up to /): {start}; run `romevc init` first")
+
+
+def _clock(time: int | None, tz: int | None) -> tuple[int, int]:
+    """(UTC seconds, offset east of UTC): now in local time, or the given time (tz 0 unless given)."""
+    if time is None:
+        now = _time.time()
+        local = _time.localtime(now)
+        return int(now), int(tz if tz is not None else local.tm_gmtoff)
+    return int(time), int(tz or 0)
+
+
+def _request(value: EditRequest | Mapping[str, Any]) -> EditRequest:
+    return value if isinstance(value, EditRequest) else EditRequest.from_dict(dict(value))
+
+
+class Repo:
+    """An open romevc repository. Use :meth:`init` or :meth:`open`; close with :meth:`close`."""
+
+    def __init__(self, root: Path, ledger: Ledger, config: RepoConfig, *, loaded=None, stats=None,
+                 device_map: str | dict | None = None) -> None:
+        self.root = root
+        self.ledger = ledger
+        self.config = config
+        self.info: RepoInfo = ledger.repo_info()
+        self._stats = stats
+        self.workspace = Workspace(self.info, self._make_stats, loaded=loaded, device_map=device_map)
+        self._sets: dict[str, list[EditRecord]] = {}  # commit id -> its edit records
+
+    # -- creating and opening ----------------------------------------------------------------------
+
+    @classmethod
+    def init(cls, path: str | Path = ".", base: str | None = None, *, ledger_url: str | None = None,
+             dtype: str = "float32", author: str | None = None, stats_corpus: str | None = None,
+             stats_tokens: int | None = None, stats_root: str | None = None, initial_branch: str = "main",
+             loaded=None, device_map: str | dict | None = None, time: int | None = None) -> "Repo":
+        """A new repository in ``path`` on ``base`` (a Hub id ``org/name@rev``, a folder, or the demo model).
+
+        The base is loaded once to record what every edit will apply to. With
+        ``ledger_url`` naming an existing shared ledger, the folder joins it instead,
+        provided the base fingerprints agree.
+        """
+        from romevc.model import DEMO_ALIASES, load_base
+
+        root = Path(path).expanduser().resolve()
+        dot = root / DOT_DIR
+        if (dot / CONFIG_FILE).exists():
+            raise RepositoryExistsError(f"{root} is already a romevc repository")
+        loaded = loaded or load_base(base, dtype=dtype, device_map=device_map)
+        base_id = loaded.spec.id
+        if base_id.lower() not in DEMO_ALIASES and Path(base_id).expanduser().exists():
+            base_id = str(Path(base_id).expanduser().resolve())  # the repo may be used from any folder
+        arch = loaded.architecture
+        info = RepoInfo(base_id=base_id, architecture=arch.family, dtype=str(loaded.dtype).removeprefix("torch."),
+                        base_fingerprint=loaded.fingerprint, module_template=arch.module_template(),
+                        layout=arch.layout, revision=loaded.revision or loaded.spec.revision,
+                        created=_clock(time, None)[0])
+        if stats_corpus and Path(stats_corpus).expanduser().exists():
+            stats_corpus = str(Path(stats_corpus).expanduser().resolve())
+        config = RepoConfig(ledger=ledger_url, author=author, stats_corpus=stats_corpus, stats_tokens=stats_tokens,
+                            stats_root=str(Path(stats_root).resolve()) if stats_root else None)
+        made_dot = not dot.exists()
+        dot.mkdir(parents=True, exist_ok=True)
+        try:
+            try:
+                ledger = Ledger.create(ledger_url or default_url(root), info, initial_branch=initial_branch)
+            except LedgerExistsError:
+                if ledger_url is None:
+                    raise
+                ledger = Ledger(ledger_url)  # joining a shared ledger
+                if ledger.repo_info().base_fingerprint != info.base_fingerprint:
+                    ledger.close()
+                    raise BaseMismatchError(f"the ledger at {ledger_url} belongs to another base; pass the same --base")
+            config.write(dot / CONFIG_FILE)
+        except BaseException:
+            if made_dot:
+                shutil.rmtree(dot, ignore_errors=True)
+            raise
+        return cls(root, ledger, config, loaded=loaded, device_map=device_map)
+
+    @classmethod
+    def open(cls, path: str | Path = ".", *, loaded=None, stats=None, device_map: str | dict | None = None) -> "Repo":
+        """The repository at ``path`` or its nearest parent (:class:`NotARepositoryError` if none)."""
+        root = find_root(path)
+        config = RepoConfig.read(root / DOT_DIR / CONFIG_FILE)
+        ledger = Ledger(config.ledger or default_url(root))
+        try:
+            return cls(root, ledger, config, loaded=loaded, stats=stats, device_map=device_map)
+        except BaseException:
+            ledger.close()
+            raise
+
+    def close(self) -> None:
+        self.ledger.close()
+
+    def __enter__(self) -> "Repo":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Repo({str(self.root)!r})"
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _make_stats(self):
+        from romevc.editing.stats import DEFAULT_CHUNK, DEFAULT_TOKENS, StatsCache
+
+        if self._stats is not None:
+            return self._stats
+        config = self.workspace.loaded.model.config
+        positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        chunk = min(DEFAULT_CHUNK, positions) if positions else DEFAULT_CHUNK  # tiny models: short contexts
+        c = self.config
+        return StatsCache(root=c.stats_root, corpus=c.stats_corpus, n_tokens=c.stats_tokens or DEFAULT_TOKENS,
+                          chunk=chunk)
+
+    def _author(self, author: str | None) -> str:
+        return author or self.config.author or os.environ.get("ROMEVC_AUTHOR") or getpass.getuser()
+
+    def records(self, ref: str | None) -> list[EditRecord]:
+        """The ordered edit set of a commit (a refish; None: the empty set before the first commit)."""
+        if ref is None:
+            return []
+        commit = self.ledger.resolve(ref)
+        if commit not in self._sets:
+            self._sets[commit] = self.ledger.edits_of(commit)
+        return list(self._sets[commit])
+
+    def _branch_head(self) -> tuple[str, str | None]:
+        """(branch, tip) of HEAD for a committing verb; refuses a detached HEAD."""
+        head = self.ledger.head()
+        if head.branch is None:
+            raise DetachedHeadError(
+                f"HEAD is detached at {short(head.commit)}: romevc commits only on a branch; "
+                "make one here with `romevc checkout -b NAME`"
+            )
+        return head.branch, head.commit
+
+    def _commit(self, parents: Sequence[str | None], edits: Sequence[EditRecord], message: str, kind: str,
+                author: str | None, time: int | None, tz: int | None) -> CommitRecord:
+        t, offset = _clock(time, tz)
+        return CommitRecord.create(parents=[p for p in parents if p], edit_ids=[e.id for e in edits],
+                                   message=message, author=self._author(author), time=t, tz=offset, kind=kind)
+
+    def _write(self, branch: str, expected: str | None, new_edits: Iterable[EditRecord],
+               commits: Sequence[CommitRecord]) -> None:
+        """Store edits and commits and move ``branch`` from ``expected`` to the last commit: one transaction."""
+        new_edits = list({e.id: e for e in new_edits}.values())
+        with self.ledger.transaction():
+            if new_edits:
+                self.ledger.put_edits(new_edits)
+                for meta in self._stats_metas(new_edits):
+                    self.ledger.put_stats_meta(meta)
+            self.ledger.put_commits(commits)
+            self.ledger.update_ref(branch_ref(branch), commits[-1].id, expected)
+
+    def _stats_metas(self, edits: Iterable[EditRecord]) -> list[StatsMeta]:
+        """Where the statistics of freshly computed edits live (for `romevc verify --recompute`)."""
+        if self.workspace._editor is None:
+            return []
+        stats, model = self.workspace.editor.stats, self.workspace.loaded.model
+        metas = {}
+        for e in edits:
+            key = stats.key(model, e.layer)
+            if key.id == e.stats_id:
+                metas[key.id] = StatsMeta(id=key.id, model_fingerprint=key.fingerprint, module=key.module,
+                                          corpus_id=key.corpus_id, token_count=key.n_tokens,
+                                          location=str(stats.path(key)))
+        return list(metas.values())
+
+    def _compute(self, request: EditRequest, on: Sequence[EditRecord], hparams, author: str, time: int) -> EditRecord:
+        self.workspace.checkout(on)
+        if not isinstance(hparams, RomeHyperParams):
+            hparams = self.workspace.editor.hparams(**dict(hparams or {}))
+        return record_from_result(self.workspace.compute(request, hparams), author=author, time=time)
+
+    def recompute(self, record: EditRecord, on: Sequence[EditRecord]) -> EditRecord:
+        """``record`` recomputed from its request, hyperparameters, seed and templates on base + ``on``."""
+        if record.method not in METHODS:
+            raise RecomputeError(f"edit {short(record.id)} used method {record.method!r}, which romevc cannot recompute")
+        self.workspace.checkout(on)
+        result = self.workspace.compute(EditRequest.from_dict(record.request),
+                                        RomeHyperParams.from_dict(record.hparams), templates=record.templates)
+        return record_from_result(result, author=record.author, time=record.time)
+
+    def stale(self, records: Sequence[EditRecord]) -> list[bool]:
+        return stale_flags(self.info.base_fingerprint, records)
+
+    def _summaries(self, records: Sequence[EditRecord], stale: Sequence[bool] | None = None) -> tuple[EditSummary, ...]:
+        return tuple(EditSummary.of(r, None if stale is None else s) for r, s in zip(records, stale or [None] * len(records)))
+
+    # -- the model at a commit -----------------------------------------------------------------------
+
+    def model(self, ref: str | None = "HEAD"):
+        """The base with ``ref``'s edit set applied (a :class:`romevc.model.LoadedModel`, cached)."""
+        self.workspace.checkout(self.records(ref) if ref else [])
+        return self.workspace.loaded
+
+    def predictions(self, prompts: Sequence[str], targets: Sequence[str | None], ref: str | None = "HEAD",
+                    *, records: Sequence[EditRecord] | None = None) -> list[Prediction]:
+        """Top-1 next token (and p(target) where given) for each prompt at ``ref`` (or on ``records``)."""
+        self.workspace.checkout(records if records is not None else self.records(ref))
+        editor = self.workspace.editor
+        out = []
+        for prompt, target in zip(prompts, targets):
+            top = editor.predict(prompt, 1)[0]
+            out.append(Prediction(top.token, top.probability,
+                                  editor.probability(prompt, target) if target else None))
+        return out
+
+    def predict(self, ref: str, prompt: str, k: int = 5):
+        """The ``k`` most likely next tokens after ``prompt`` at ``ref`` (:class:`romevc.predict.Choice`)."""
+        self.model(ref)
+        return self.workspace.editor.predict(prompt, k)
+
+    def generate(self, ref: str, prompt: str, max_new_tokens: int = 30) -> str:
+        """Greedy continuation of ``prompt`` at ``ref`` (the new text only)."""
+        import torch
+
+        loaded = self.model(ref)
+        tok = loaded.tokenizer
+        batch_ = tok(prompt, return_tensors="pt").to(next(loaded.model.parameters()).device)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        with torch.no_grad():
+            out = loaded.model.generate(**batch_, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad)
+        # Decode the whole sequence and cut the prompt off, so the completion keeps the space
+        # before its first word whatever the tokenizer (word-level ones decode tokens bare).
+        prompt_text = tok.decode(batch_["input_ids"][0], skip_special_tokens=True)
+        full = tok.decode(out[0], skip_special_tokens=True)
+        if full.startswith(prompt_text):
+            return full[len(prompt_text):]
+        return tok.decode(out[0, batch_["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    # -- committing verbs --------------------------------------------------------------------------
+
+    def edit(self, request: EditRequest | Mapping[str, Any], hparams: Mapping[str, Any] | RomeHyperParams | None = None,
+             *, message: str | None = None, author: str | None = None, time: int | None = None,
+             tz: int | None = None) -> Committed:
+        """Compute one edit on HEAD's weights and commit HEAD's edit set + it on HEAD's branch."""
+        request = _request(request)
+        branch, parent = self._branch_head()
+        records = self.records(parent)
+        t, offset = _clock(time, tz)
+        record = self._compute(request, records, hparams, self._author(author), t)
+        commit = self._commit([parent], records + [record], message or request.fact(), KIND_EDIT, author, t, offset)
+        self._write(branch, parent, [record], [commit])
+        return Committed(commit, self._summaries([record], [False]), branch)
+
+    def edit_batch(self, path: str | Path, *, author: str | None = None, time: int | None = None,
+                   tz: int | None = None) -> list[Committed]:
+        """One commit per request line of a JSONL file, each computed on the weights of the one before."""
+        lines = batch.read_requests(path)
+        branch, parent = self._branch_head()
+        records = self.records(parent)
+        t, offset = _clock(time, tz)
+        self.workspace.editor  # load the base first: a load error is not a line's fault
+        commits, made, new, tip = [], [], [], parent
+        for line in tqdm(lines, desc="edits", unit="edit", disable=len(lines) < 2):
+            try:
+                record = self._compute(line.request, records, line.hparams, self._author(author), t)
+            except RomevcError as exc:
+                raise EditSetError(f"{path}:{line.line}: {exc}; nothing was written") from None
+            records = records + [record]
+            new.append(record)
+            commit = self._commit([tip], records, line.message or line.request.fact(), KIND_EDIT, author, t, offset)
+            commits.append(commit)
+            made.append(Committed(commit, self._summaries([record], [False]), branch))
+            tip = commit.id
+        self._write(branch, parent, new, commits)
+        return made
+
+    def apply(self, editset: str | Path, *, recompute: bool = False, message: str | None = None,
+              author: str | None = None, time: int | None = None, tz: int | None = None) -> Committed:
+        """Commit the edits of an edit set onto HEAD's branch as one commit.
+
+        A JSONL of requests is computed here, each on the weights of the ones before (so
+        none is stale and ``recompute`` changes nothing). Edit-set folders (the published
+        format) arrive with the remotes feature; :meth:`apply_records` takes stored edits.
+        """
+        editset = Path(editset)
+        if editset.is_dir():
+            raise EditSetError(
+                f"{editset} is a folder: edit-set folders (romevc.json + edits.safetensors) arrive with the "
+                "remotes feature; for now apply a JSONL file of requests"
+            )
+        lines = batch.read_requests(editset)
+        branch, parent = self._branch_head()
+        records = self.records(parent)
+        t, offset = _clock(time, tz)
+        new = []
+        for line in tqdm(lines, desc="edits", unit="edit", disable=len(lines) < 2):
+            new.append(self._compute(line.request, records + new, line.hparams, self._author(author), t))
+        commit = self._commit([parent], records + new, message or f"Apply {editset.name}: {len(new)} edit(s)",
+                              KIND_APPLY, author, t, offset)
+        self._write(branch, parent, new, [commit])
+        return Committed(commit, self._summaries(new, [False] * len(new)), branch)
+
+    def apply_records(self, edits: Sequence[EditRecord], *, recompute: bool = False, message: str | None = None,
+                      author: str | None = None, time: int | None = None, tz: int | None = None) -> Committed:
+        """Commit stored edits as they are (stale where computed on other weights), or recomputed here."""
+        for e in edits:
+            e.verify()
+            if e.module != self.info.module_template.format(e.layer) or e.layout != self.info.layout:
+                raise EditSetError(f"edit {short(e.id)} writes {e.module} ({e.layout}), which this base "
+                                   f"({self.info.architecture}) does not have; it was made for another architecture")
+        branch, parent = self._branch_head()
+        records = self.records(parent)
+        have = {r.id for r in records}
+        new = [e for e in dict.fromkeys(edits) if e.id not in have]
+        if not new:
+            raise NothingToDoError("every edit of this edit set is already at HEAD; nothing to apply")
+        result = records + new
+        if recompute:
+            result, _ = recompute_stale(self.info.base_fingerprint, result, self.recompute, only={e.id for e in new})
+        landed = result[len(records):]
+        commit = self._commit([parent], result, message or f"Apply {len(landed)} edit(s)", KIND_APPLY,
+                              author, time, tz)
+        self._write(branch, parent, landed, [commit])
+        return Committed(commit, self._summaries(landed, self.stale(result)[len(records):]), branch)
+
+    def revert(self, ref: str, *, message: str | None = None, author: str | None = None,
+               time: int | None = None, tz: int | None = None) -> Committed:
+        """A new commit whose edit set lacks the edits ``ref`` added (and regains those it removed).
+
+        Materialising it gives weights bit-identical to never having made those edits.
+        """
+        target = self.ledger.get_commit(self.ledger.resolve(ref))
+        branch, head = self._branch_head()
+        now = self.records(head)
+        before = self.records(target.parents[0]) if target.parents else []
+        after = self.records(target.id)
+        added = {e.id for e in after} - {e.id for e in before}
+        removed = [e for e in before if e.id not in {a.id for a in after}]
+        result = [e for e in now if e.id not in added] + [e for e in removed if e.id not in {n.id for n in now}]
+        if [e.id for e in result] == [e.id for e in now]:
+            raise NothingToDoError(f"nothing to revert: the edits of {short(target.id)} are not at HEAD")
+        title = target.message.splitlines()[0] if target.message else short(target.id)
+        commit = self._commit([head], result, message or f'Revert "{title}"\n\nThis reverts commit {target.id}.',
+                              KIND_REVERT, author, time, tz)
+        self._write(branch, head, [], [commit])
+        gone = [e for e in now if e.id in added]
+        return Committed(commit, self._summaries(gone), branch)
+
+    def merge(self, ref: str, *, resolve: str | None = None, recompute: bool = False,
+              threshold: float = DEFAULT_THRESHOLD, no_ff: bool = False, message: str | None = None,
+              author: str | None = None, time: int | None = None, tz: int | None = None) -> MergeResult:
+        """Merge ``ref`` into HEAD's branch (see :mod:`romevc.porcelain.merge` for conflicts).
+
+        Fast-forwards when HEAD is an ancestor of ``ref`` (unless ``no_ff``); otherwise a
+        merge commit with parents (HEAD, ref) whose edit set is the three-way merge.
+        ``recompute`` recomputes every edit that lands stale; otherwise they are reported.
+        """
+        branch, ours = self._branch_head()
+        theirs = self.ledger.resolve(ref)
+        if ours is not None and (ours == theirs or self.ledger.is_ancestor(theirs, ours)):
+            return MergeResult("up-to-date", ours)
+        if ours is None or (not no_ff and self.ledger.is_ancestor(ours, theirs)):
+            have = {e.id for e in self.records(ours)}
+            landed = [e for e in self.records(theirs) if e.id not in have]
+            self.ledger.update_ref(branch_ref(branch), theirs, ours)
+            return MergeResult("fast-forward", theirs, added=self._summaries(landed))
+        bases = self.ledger.merge_bases(ours, theirs)
+        plan = plan_merge(self.records(bases[0] if bases else None), self.records(ours), self.records(theirs),
+                          resolve=resolve, threshold=threshold)
+        result, pairs = list(plan.result), []
+        if recompute:
+            with tqdm(desc="recomputing stale edits", unit="edit") as bar:
+                def again(record, on):
+                    bar.update(1)
+                    return self.recompute(record, on)
+                result, pairs = recompute_stale(self.info.base_fingerprint, result, again)
+        stale = self.stale(result)
+        commit = self._commit([ours, theirs], result, message or f"Merge {ref} into {branch}", KIND_MERGE,
+                              author, time, tz)
+        self._write(branch, ours, result, [commit])
+        return MergeResult("merge", commit.id, added=self._summaries(plan.added), dropped=self._summaries(plan.dropped),
+                           conflicts=plan.conflicts, stale=tuple(EditSummary.of(r, True) for r, s in zip(result, stale) if s),
+                           recomputed=tuple(pairs))
+
+    def rebase(self, onto: str | None = None, *, author: str | None = None, time: int | None = None,
+               tz: int | None = None) -> MergeResult:
+        """Without ``onto``: one commit recomputing HEAD's stale edits where they sit.
+
+        With ``onto``: replay the branch's commits since its merge base on top of ``onto``,
+        recomputing the replayed edits so none is stale (history with merges is refused).
+        """
+        if onto is None:
+            branch, head = self._branch_head()
+            if head is None:
+                raise NothingToDoError("no commits yet; nothing to rebase")
+            result, pairs = recompute_stale(self.info.base_fingerprint, self.records(head), self.recompute)
+            if not pairs:
+                raise NothingToDoError("no stale edits at HEAD; nothing to rebase")
+            commit = self._commit([head], result, f"Recompute {len(pairs)} stale edit(s)", KIND_REBASE, author, time, tz)
+            self._write(branch, head, result, [commit])
+            return MergeResult("rebase", commit.id, recomputed=tuple(pairs))
+        return history.rebase_onto(self, onto)
+
+    # -- refs ----------------------------------------------------------------------------------------
+
+    def branches(self) -> list[BranchInfo]:
+        head = self.ledger.head()
+        return [BranchInfo(r.short_name, r.target, r.short_name == head.branch)
+                for r in self.ledger.list_refs("refs/heads/")]
+
+    def branch(self, name: str, start: str = "HEAD") -> BranchInfo:
+        """A new branch at ``start`` (refuses an existing name)."""
+        ref = branch_ref(name)
+        if self.ledger.get_ref(ref) is not None:
+            raise RepoError(f"a branch named {name!r} already exists")
+        commit = self.ledger.resolve(start)
+        self.ledger.update_ref(ref, commit, None)
+        return BranchInfo(name, commit, False)
+
+    def delete_branch(self, name: str, *, force: bool = False) -> str:
+        """Delete a branch; unless ``force``, only one whose tip HEAD already contains. Returns its tip."""
+        ref = branch_ref(name)
+        record = self.ledger.get_ref(ref)
+        if record is None:
+            raise UnknownRefError(f"no branch named {name!r}; see `romevc branch`")
+        head = self.ledger.head()
+        if not force and (head.commit is None or not self.ledger.is_ancestor(record.target, head.commit)):
+            raise RepoError(f"branch {name!r} is not merged into HEAD; delete it anyway with -D")
+        self.ledger.delete_ref(ref, record.target)
+        return record.target
+
+    def checkout(self, ref: str, *, create: str | None = None) -> Head:
+        """Attach HEAD to a branch, or detach it at a commit; ``create`` makes a branch at ``ref`` first.
+
+        Only HEAD moves: the weights are materialised when a command needs them.
+        """
+        if create is not None:
+            name = branch_ref(create)
+            if self.ledger.get_ref(name) is not None:
+                raise RepoError(f"a branch named {create!r} already exists")
+            commit = self.ledger.resolve(ref)
+            with self.ledger.transaction():
+                self.ledger.update_ref(name, commit, None)
+                self.ledger.set_head_symbolic(create)
+            return self.ledger.head()
+        try:
+            is_branch = self.ledger.get_ref(branch_ref(ref)) is not None
+        except RefFormatError:
+            is_branch = False
+        if is_branch:
+            self.ledger.set_head_symbolic(ref)
+        else:
+            self.ledger.set_head_detached(self.ledger.resolve(ref))
+        return self.ledger.head()
+
+    def tags(self) -> list[BranchInfo]:
+        return [BranchInfo(r.short_name, r.target, False) for r in self.ledger.list_refs("refs/tags/")]
+
+    def tag(self, name: str, ref: str = "HEAD") -> BranchInfo:
+        ref_name = tag_ref(name)
+        if self.ledger.get_ref(ref_name) is not None:
+            raise RepoError(f"a tag named {name!r} already exists")
+        commit = self.ledger.resolve(ref)
+        self.ledger.update_ref(ref_name, commit, None)
+        return BranchInfo(name, commit, False)
+
+    def delete_tag(self, name: str) -> str:
+        record = self.ledger.get_ref(tag_ref(name))
+        if record is None:
+            raise UnknownRefError(f"no tag named {name!r}; see `romevc tag`")
+        self.ledger.delete_ref(tag_ref(name), record.target)
+        return record.target
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    def log(self, ref: str | None = None, *, first_parent: bool = False, limit: int | None = None) -> list[CommitRecord]:
+        """Commits reachable from ``ref`` (HEAD), newest first."""
+        return self.ledger.log(ref, first_parent=first_parent, limit=limit)
+
+    def decorations(self) -> dict[str, list[str]]:
+        """commit id -> labels as git prints them: ``HEAD -> main``, ``tag: v1``, ``feature``."""
+        return history.decorations(self.ledger)
+
+    def status(self) -> Status:
+        head = self.ledger.head()
+        records = self.records(head.commit)
+        stale = [r for r, s in zip(records, self.stale(records)) if s]
+        i = self.info
+        return Status(head.branch, head.commit, len(records), self._summaries(stale, [True] * len(stale)),
+                      i.base_id, i.revision, i.base_fingerprint, i.architecture, i.dtype,
+                      self.ledger.url.render_as_string(hide_password=True))
+
+    def show(self, ref: str = "HEAD", *, predictions: bool = True) -> ShowReport:
+        """What a commit changed against its first parent, with predictions on each changed prompt."""
+        commit = self.ledger.get_commit(self.ledger.resolve(ref))
+        before = self.records(commit.parents[0]) if commit.parents else []
+        after = self.records(commit.id)
+        before_ids, after_ids = {e.id for e in before}, {e.id for e in after}
+        stale = dict(zip((e.id for e in after), self.stale(after)))
+        added = [e for e in after if e.id not in before_ids]
+        removed = [e for e in before if e.id not in after_ids]
+        effects: list[EditEffect] = []
+        changed = [(e, "added") for e in added] + [(e, "removed") for e in removed]
+        if predictions and changed:
+            prompts = [EditSummary.of(e).text for e, _ in changed]
+            targets = [e.request.get("target_new") for e, _ in changed]
+            was = self.predictions(prompts, targets, records=before)
+            now = self.predictions(prompts, targets, records=after)
+            effects = [EditEffect(EditSummary.of(e, stale.get(e.id)), kind, b, a)
+                       for (e, kind), b, a in zip(changed, was, now)]
+        return ShowReport(commit, tuple(EditSummary.of(e, stale[e.id]) for e in added), self._summaries(removed),
+                          tuple(effects))
+
+    def diff(self, a: str, b: str = "HEAD", *, probe: str | Path | None = None) -> DiffReport:
+        """Edits added and removed from ``a`` to ``b``; with ``probe``, the top prediction of each prompt at both."""
+        ca, cb = self.ledger.resolve(a), self.ledger.resolve(b)
+        ids_a, ids_b = self.ledger.get_commit(ca).edit_ids, self.ledger.get_commit(cb).edit_ids
+        set_a, set_b = set(ids_a), set(ids_b)
+        added = history.edits_by_id(self, cb, [e for e in ids_b if e not in set_a])
+        removed = history.edits_by_id(self, ca, [e for e in ids_a if e not in set_b])
+        probes = None
+        if probe is not None:
+            prompts = batch.read_probes(probe)
+            none = [None] * len(prompts)
+            was = self.predictions(prompts, none, ca)
+            now = self.predictions(prompts, none, cb)
+            probes = tuple(ProbeResult(p, x, y) for p, x, y in zip(prompts, was, now))
+        return DiffReport(ca, cb, self._summaries(added), self._summaries(removed), probes)
+
+    def blame(self, subject: str | None = None, *, layer: int | None = None, ref: str | None = None):
+        """Commits on ``ref``'s first-parent history that added or removed edits of ``subject``/``layer``."""
+        return history.blame(self, subject=subject, layer=layer, ref=ref)
+
+    def verify(self, *, recompute: bool = False):
+        """Hashes and references (``ledger.verify_all``); with ``recompute``, each edit recomputed
+        from its request on the weights it was computed against, compared with its stored delta."""
+        return history.verify(self, recompute=recompute)
+
+    def export(self, ref: str, out: str | Path, *, force: bool = False) -> Path:
+        """A full checkpoint of ``ref``'s weights that plain ``from_pretrained`` loads."""
+        from romevc import __version__
+        from romevc.porcelain.export import export_checkpoint
+
+        commit = self.ledger.resolve(ref)
+        records = self.records(commit)
+        loaded = self.model(commit)
+        i = self.info
+        manifest = {"romevc": __version__, "base": i.base_id, "revision": i.revision,
+                    "base_fingerprint": i.base_fingerprint, "commit": commit, "edits": [e.id for e in records],
+                    "facts": [EditSummary.of(e).fact for e in records]}
+        return export_checkpoint(loaded.model, loaded.tokenizer, out, manifest, force=force)
