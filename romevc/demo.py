@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from romevc.editing.request import EditRequest
+from romevc.editing.stats import DEFAULT_TOKENS, StatsCache
 from romevc.editor import Editor
 from romevc.model import load_base
 
@@ -18,7 +19,7 @@ PARAPHRASES = (
 )
 NEIGHBOURS = (  # (prompt, true object): facts about other landmarks that must not move
     ("The Louvre is located in the city of", "Paris"),
-    ("Big Ben is located in the city of", "London"),
+    ("The Acropolis is located in the city of", "Athens"),
 )
 
 
@@ -51,10 +52,10 @@ def _top(editor: Editor, prompt: str) -> str:
     return editor.predict(prompt, 1)[0].token.strip()
 
 
-def run_demo(base: str | None = None, method: str = "r-rome") -> DemoReport:
+def run_demo(base: str | None = None, method: str = "r-rome", stats_tokens: int = DEFAULT_TOKENS) -> DemoReport:
     clock = time.perf_counter()
     loaded = load_base(base)
-    editor = Editor(loaded)
+    editor = Editor(loaded, StatsCache(n_tokens=stats_tokens))
     seconds = {"load": time.perf_counter() - clock}
     probes = [(REQUEST.text, REQUEST.target_new)] + [(p, REQUEST.target_new) for p in PARAPHRASES] + list(NEIGHBOURS)
     before = [(_top(editor, p), editor.probability(p, REQUEST.target_new)) for p, _ in probes]
@@ -66,7 +67,7 @@ def run_demo(base: str | None = None, method: str = "r-rome") -> DemoReport:
     result = editor.compute(REQUEST, editor.hparams(method=method))
     seconds["edit"] = time.perf_counter() - clock
 
-    pristine = {name: p.detach().clone() for name, p in editor.model.named_parameters() if name.endswith(result.module + ".weight")}
+    pristine = {name: p.detach().clone() for name, p in editor.model.named_parameters()}
     editor.apply([result])
     after = [(_top(editor, p), editor.probability(p, REQUEST.target_new)) for p, _ in probes]
     clock = time.perf_counter()

@@ -150,7 +150,7 @@ def _demo_gguf_path() -> Path:
 
 
 def demo_model_dir() -> Path:
-    return paths.cache_dir() / "models" / f"smollm2-135m-instruct-v{DEMO_CONVERSION_VERSION}"
+    return paths.models_dir() / f"smollm2-135m-instruct-v{DEMO_CONVERSION_VERSION}"
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
@@ -234,6 +234,7 @@ def load_base(
 
     ``device_map`` goes to accelerate (e.g. ``"auto"`` spreads a large model over GPUs).
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     spec = base if isinstance(base, BaseSpec) else BaseSpec.parse(base)
@@ -251,7 +252,7 @@ def load_base(
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, **extra, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load {spec} from {location}: {first}") from None
     model.eval()

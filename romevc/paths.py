@@ -21,6 +21,13 @@ def cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "romevc"
 
 
+def models_dir() -> Path:
+    """Converted models (the demo model): ``$ROMEVC_MODELS``, else ``<cache>/models``."""
+    if os.environ.get("ROMEVC_MODELS"):
+        return Path(os.environ["ROMEVC_MODELS"]).expanduser()
+    return cache_dir() / "models"
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -1,4 +1,4 @@
-"""Commands that work on a model directly: demo, predict, stats, and edits outside a repository."""
+"""Commands that work on a model directly: demo, predict (also at a commit), stats."""
 from __future__ import annotations
 
 import click
@@ -19,16 +19,18 @@ def _percent(p: float) -> str:
 @click.command()
 @click.option("--method", type=click.Choice(["r-rome", "rome"]), default="r-rome", show_default=True)
 @click.option("--base", default=None, metavar="ID[@REV]", help="Base model (default: the demo model).")
+@click.option("--stats-tokens", type=click.IntRange(min=1000), default=100_000, show_default=True,
+              help="Tokens of the default corpus for the second-moment statistics.")
 @json_option
 @guarded
-def demo(method: str, base: str | None, as_json: bool) -> None:
+def demo(method: str, base: str | None, stats_tokens: int, as_json: bool) -> None:
     """Edit one fact in the demo model, show it hold, stay local, and undo exactly.
 
     Example: romevc demo
     """
     from romevc.demo import run_demo
 
-    report = run_demo(base, method)
+    report = run_demo(base, method, stats_tokens)
 
     def render(r) -> str:
         lines = [f"base: {r.base}", f"edit: {r.fact}  ({r.method}, layer {r.layer}, ‖ΔW‖ = {r.delta_norm:.3f})", ""]
@@ -39,7 +41,7 @@ def demo(method: str, base: str | None, as_json: bool) -> None:
         lines.append("")
         lines.append(f"p(Rome) on the edited prompt: {_percent(r.probes[0].p_new_before)} -> "
                      f"{_percent(r.probes[0].p_new_after)}")
-        lines.append(f"restore: weights bit-identical to the base: {'yes' if r.restored_exactly else 'NO'}")
+        lines.append(f"restore: every weight bit-identical to the base: {'yes' if r.restored_exactly else 'NO'}")
         lines.append("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in r.seconds.items()))
         return "\n".join(lines)
 
@@ -47,21 +49,45 @@ def demo(method: str, base: str | None, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("prompt")
+@click.argument("args", nargs=-1, required=True, metavar="[REF] PROMPT")
 @click.option("--top-k", "k", default=5, show_default=True, type=click.IntRange(1, 100))
 @model_options
+@click.option("--repo", "repo_path", default=".", metavar="PATH", help="A folder inside the repository.")
 @json_option
 @guarded
-def predict(prompt: str, k: int, base, dtype, device_map, as_json: bool) -> None:
+def predict(args, k, base, dtype, device_map, repo_path, as_json: bool) -> None:
     """Show the model's most likely next tokens after PROMPT.
 
-    Example: romevc predict "The Eiffel Tower is located in the city of" --top-k 5
-    """
-    from romevc.predict import top_k
+    With REF, or inside a repository without --base, the model is the one at that commit
+    (HEAD by default); otherwise the base given by --base (the demo model by default).
 
-    loaded = _load(base, dtype, device_map)
-    choices = top_k(loaded.model, loaded.tokenizer, prompt, k)
-    data = {"prompt": prompt, "base": str(loaded.spec),
+    Example: romevc predict main "The Eiffel Tower is located in the city of" --top-k 5
+    """
+    from romevc.ledger.errors import NotARepositoryError
+    from romevc.predict import top_k
+    from romevc.repo import Repo
+
+    if len(args) > 2:
+        raise click.UsageError("give PROMPT, or REF PROMPT (quote a prompt with spaces)")
+    ref, prompt = (args[0], args[1]) if len(args) == 2 else (None, args[0])
+    repo = None
+    if ref is not None or base is None:
+        try:
+            repo = Repo.open(repo_path)
+        except NotARepositoryError:
+            if ref is not None:
+                raise
+    if repo is not None:
+        with repo:
+            ref = ref or "HEAD"
+            commit = repo.ledger.resolve(ref)
+            choices = repo.predict(commit, prompt, k)
+            where = f"{ref} ({commit[:7]})"
+    else:
+        loaded = _load(base, dtype, device_map)
+        choices = top_k(loaded.model, loaded.tokenizer, prompt, k)
+        where = str(loaded.spec)
+    data = {"prompt": prompt, "base": where,
             "choices": [{"token": c.token, "probability": c.probability} for c in choices]}
     emit(data, as_json, lambda d: "\n".join(f"{_percent(c['probability'])}  {c['token']!r}" for c in d["choices"]))
 
@@ -108,69 +134,4 @@ def stats(layers, all_layers, corpus, n_tokens, base, dtype, device_map, as_json
     emit(data, as_json, render)
 
 
-def edit_options(func):
-    """The request and hyperparameter options of ``romevc edit``."""
-    for option in reversed([
-        click.option("--prompt", required=True, help="The fact's prompt, with {} for the subject."),
-        click.option("--subject", required=True, help="The subject, as it appears in the prompt."),
-        click.option("--target", "target_new", required=True, help="The new object."),
-        click.option("--target-true", default=None, help="The current object (for reports)."),
-        click.option("--method", type=click.Choice(["r-rome", "rome"]), default=None,
-                     help="Edit method (default r-rome)."),
-        click.option("--layer", type=int, default=None, help="Layer to edit (default: the family's)."),
-        click.option("--seed", type=int, default=None, help="Seed of the context templates (default 0)."),
-    ]):
-        func = option(func)
-    return func
-
-
-def edit_outside_repository(loaded, request, hparams_overrides: dict) -> dict:
-    """Compute one edit on a freshly loaded base and report predictions before and after."""
-    from romevc.editor import Editor
-
-    editor = Editor(loaded)
-    hp = editor.hparams(**hparams_overrides)
-    before = editor.predict(request.text, 1)[0]
-    p_before = editor.probability(request.text, request.target_new)
-    result = editor.compute(request, hp)
-    editor.apply([result])
-    after = editor.predict(request.text, 1)[0]
-    p_after = editor.probability(request.text, request.target_new)
-    editor.restore()
-    return {
-        "fact": request.fact(), "method": result.method, "layer": result.layer, "module": result.module,
-        "delta_norm": result.delta.norm(), "seconds": result.seconds,
-        "before": {"top": before.token, "p_top": before.probability, "p_target": p_before},
-        "after": {"top": after.token, "p_top": after.probability, "p_target": p_after},
-    }
-
-
-def render_edit(d: dict) -> str:
-    return "\n".join([
-        f"edit: {d['fact']}  ({d['method']}, {d['module']}, ‖ΔW‖ = {d['delta_norm']:.3f}, {d['seconds']:.1f} s)",
-        f"before: {d['before']['top']!r} ({_percent(d['before']['p_top']).strip()}), "
-        f"p(target) {_percent(d['before']['p_target']).strip()}",
-        f"after:  {d['after']['top']!r} ({_percent(d['after']['p_top']).strip()}), "
-        f"p(target) {_percent(d['after']['p_target']).strip()}",
-    ])
-
-
-@click.command()
-@edit_options
-@model_options
-@json_option
-@guarded
-def edit(prompt, subject, target_new, target_true, method, layer, seed, base, dtype, device_map, as_json):
-    """Rewrite one fact and show the prediction before and after.
-
-    Example: romevc edit --prompt "{} is located in the city of" --subject "The Eiffel Tower" --target Rome
-    """
-    from romevc.editing.request import EditRequest
-
-    request = EditRequest(prompt, subject, target_new, target_true)
-    loaded = _load(base, dtype, device_map)
-    data = edit_outside_repository(loaded, request, {"method": method, "layer": layer, "seed": seed})
-    emit(data, as_json, render_edit)
-
-
-COMMANDS = [demo, predict, stats, edit]
+COMMANDS = [demo, predict, stats]  # `edit` lives in ledger_commands (it commits inside a repository)

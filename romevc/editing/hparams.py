@@ -25,7 +25,8 @@ class RomeHyperParams:
         "help": "weight of KL(next-token distribution on the KL prompt) that keeps the subject's essence"})
     clamp_norm_factor: float = field(default=4.0, metadata={"help": "‖δ‖ is clamped to this × ‖v‖"})
     early_stop_loss: float = field(default=5e-2, metadata={
-        "help": "stop optimising once the total loss is below this (the reference's 5e-2)"})
+        "help": "stop once NLL + KL is below this (the reference's 5e-2, which it applies to the total "
+                "loss; the weight-decay term alone sits near 5e-2 on small models and would never stop)"})
     kl_prompt: str = field(default="{} is a", metadata={"help": "prompt whose prediction the KL term keeps"})
     templates: tuple[tuple[int, int], ...] = field(default=((5, 10), (10, 10)), metadata={
         "help": "context prefixes as (tokens, count) pairs; the paper uses 10 of 5 and 10 of 10"})

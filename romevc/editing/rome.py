@@ -164,7 +164,7 @@ def optimise_value(model, arch: Architecture, layer: int, prompts: EditPrompts,
                     f"the value optimisation diverged (loss {float(loss)}) at step {_step}; nothing was written. "
                     "Try a smaller --lr or another layer"
                 )
-            if loss.item() < hp.early_stop_loss:
+            if (nll + kl).item() < hp.early_stop_loss:  # the target is already likely enough
                 break
             loss.backward()
             optimiser.step()

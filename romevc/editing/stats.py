@@ -86,7 +86,7 @@ class _Stop(Exception):
 def _token_chunks(corpus: Corpus, tokenizer, chunk: int) -> Iterator[list[int]]:
     """Token id chunks of at most ``chunk`` tokens (documents split, never joined)."""
     for text in corpus.documents():
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         for start in range(0, len(ids), chunk):
             piece = ids[start : start + chunk]
             if len(piece) >= 8:  # a few tokens carry no context worth measuring
@@ -135,6 +135,9 @@ def compute_second_moments(
         check_layer(model, layer)
     fingerprint = base_fingerprint(model)
     device = next(model.parameters()).device
+    config = model.config
+    max_positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    window = min(chunk, max_positions) if max_positions else chunk  # small models have short contexts
     sums: dict[int, torch.Tensor] = {}
     deepest = max(layers)
     mask_flat: list[torch.Tensor] = []  # the current batch's real-token mask, for the hooks
@@ -155,7 +158,7 @@ def compute_second_moments(
     try:
         with base_weights(model), tqdm(total=n_tokens, desc="second moments", unit="tok",
                                        disable=not progress, leave=False) as bar:
-            for ids, mask in _batches(_token_chunks(corpus, tokenizer, chunk), n_tokens, pad_id):
+            for ids, mask in _batches(_token_chunks(corpus, tokenizer, window), n_tokens, pad_id):
                 mask_flat[:] = [mask.reshape(-1).bool().to(device)]
                 try:
                     model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)

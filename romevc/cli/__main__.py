@@ -1,0 +1,3 @@
+from romevc.cli import main
+
+main()

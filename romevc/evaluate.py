@@ -1,0 +1,195 @@
+"""CounterFact-style scores of an edit (Meng et al. 2022, section 3 and appendix).
+
+Efficacy (ES): p(new) > p(true) on the edited prompt; paraphrase (PS): the same on a
+rephrased prompt; neighbourhood (NS): p(true neighbour object) > p(new) on a prompt
+about a different subject with the same relation. Probabilities are exp(−mean per-token
+NLL), teacher-forced, so multi-token objects are compared fairly.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from statistics import mean
+from typing import Iterable, Sequence
+
+from romevc.editing.request import EditRequest
+from romevc.errors import RomevcError
+from romevc.predict import target_nll
+
+
+@dataclass(frozen=True)
+class CounterFactCase:
+    case_id: int
+    request: EditRequest  # target_true = the real object
+    paraphrases: tuple[str, ...]
+    neighbours: tuple[tuple[str, str], ...]  # (prompt, its true object)
+
+
+def _from_simplified(record: dict) -> CounterFactCase:
+    request = EditRequest(record["prompt"], record["subject"], record["target_new"], record["ground_truth"])
+    return CounterFactCase(int(record["case_id"]), request, (record["rephrase_prompt"],),
+                           ((record["locality_prompt"], record["locality_ground_truth"]),))
+
+
+def _from_original(record: dict) -> CounterFactCase:
+    rewrite = record["requested_rewrite"]
+    request = EditRequest(rewrite["prompt"], rewrite["subject"], rewrite["target_new"]["str"],
+                          rewrite["target_true"]["str"])
+    true = rewrite["target_true"]["str"]
+    return CounterFactCase(int(record["case_id"]), request, tuple(record.get("paraphrase_prompts", ())),
+                           tuple((p, true) for p in record.get("neighborhood_prompts", ())))
+
+
+def load_counterfact(path: str | Path, n: int | None = None) -> list[CounterFactCase]:
+    """CounterFact in the original format (requested_rewrite, …) or the simplified split format."""
+    try:
+        records = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RomevcError(f"cannot read CounterFact file {path}: {exc}") from None
+    if not isinstance(records, list):
+        raise RomevcError(f"{path}: expected a JSON list of CounterFact records")
+    cases = []
+    for record in records[: n if n is not None else len(records)]:
+        try:
+            cases.append(_from_original(record) if "requested_rewrite" in record else _from_simplified(record))
+        except (KeyError, TypeError) as exc:
+            raise RomevcError(f"{path}: record {record.get('case_id', '?')} lacks field {exc}") from None
+    return cases
+
+
+@dataclass
+class CaseScores:
+    """Per-case outcomes; probabilities are exp(−mean token NLL)."""
+
+    case_id: int
+    efficacy: bool
+    paraphrase: float  # share of paraphrases where p(new) > p(true)
+    neighbourhood: float  # share of neighbours where p(true) > p(new)
+    efficacy_margin: float  # p(new) − p(true) on the prompt
+    paraphrase_margin: float
+    neighbourhood_margin: float  # p(true) − p(new) on neighbours
+
+
+def _pairs_nll(model, tokenizer, prompts: Sequence[str], first: str, second: Sequence[str]) -> list[tuple[float, float]]:
+    """(nll(first), nll(second_i)) for each prompt, in one batch."""
+    n = len(prompts)
+    nll = target_nll(model, tokenizer, list(prompts) * 2, [first] * n + list(second))
+    return list(zip(nll[:n], nll[n:]))
+
+
+def score_case(model, tokenizer, case: CounterFactCase) -> CaseScores:
+    """Score ``case`` on the model as it is now (edited or not)."""
+    request = case.request
+    new, true = request.target_new, request.target_true or ""
+    prompts = [request.text, *case.paraphrases]
+    rewrite = _pairs_nll(model, tokenizer, prompts, new, [true] * len(prompts))
+    neighbour_prompts = [p for p, _ in case.neighbours]
+    neighbour = _pairs_nll(model, tokenizer, neighbour_prompts, new, [t for _, t in case.neighbours]) \
+        if neighbour_prompts else []
+    prob = lambda x: math.exp(-x)  # noqa: E731
+    para = rewrite[1:]
+    return CaseScores(
+        case_id=case.case_id,
+        efficacy=rewrite[0][0] < rewrite[0][1],
+        paraphrase=mean(a < b for a, b in para) if para else float("nan"),
+        neighbourhood=mean(b < a for a, b in neighbour) if neighbour else float("nan"),
+        efficacy_margin=prob(rewrite[0][0]) - prob(rewrite[0][1]),
+        paraphrase_margin=mean(prob(a) - prob(b) for a, b in para) if para else float("nan"),
+        neighbourhood_margin=mean(prob(b) - prob(a) for a, b in neighbour) if neighbour else float("nan"),
+    )
+
+
+@dataclass
+class Summary:
+    """Percentages over cases, as the paper reports them."""
+
+    n: int
+    ES: float
+    PS: float
+    NS: float
+    EM: float
+    PM: float
+    NM: float
+    S: float  # harmonic mean of ES, PS, NS
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _harmonic(values: Iterable[float]) -> float:
+    values = list(values)
+    return 0.0 if any(v <= 0 for v in values) else len(values) / sum(1 / v for v in values)
+
+
+def summarise(scores: Sequence[CaseScores]) -> Summary:
+    def pct(values) -> float:
+        values = [float(v) for v in values if not math.isnan(float(v))]
+        return 100 * mean(values) if values else float("nan")
+
+    es, ps, ns = pct(s.efficacy for s in scores), pct(s.paraphrase for s in scores), pct(s.neighbourhood for s in scores)
+    return Summary(
+        n=len(scores), ES=es, PS=ps, NS=ns,
+        EM=pct(s.efficacy_margin for s in scores), PM=pct(s.paraphrase_margin for s in scores),
+        NM=pct(s.neighbourhood_margin for s in scores), S=_harmonic([es, ps, ns]),
+    )
+
+
+@dataclass
+class EvalRun:
+    method: str
+    layer: int
+    sequential: bool
+    summary: Summary
+    seconds_per_edit: float
+    mean_delta_norm: float
+    mean_relative_norm: float  # ‖ΔW‖ / ‖W‖
+    cases: list[CaseScores] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.pop("cases")
+        return data
+
+
+def evaluate_unedited(editor, cases: Sequence[CounterFactCase], progress: bool = True) -> Summary:
+    from tqdm.auto import tqdm
+
+    editor.restore()
+    return summarise([score_case(editor.model, editor.tokenizer, c)
+                      for c in tqdm(cases, desc="unedited", disable=not progress, leave=False)])
+
+
+def evaluate_edits(editor, cases: Sequence[CounterFactCase], hparams, *, sequential: bool = False,
+                   progress: bool = True) -> EvalRun:
+    """Edit each case and score it: one at a time from the base, or all in sequence.
+
+    One at a time: edit, score, restore. Sequential: each edit is computed on the model
+    carrying all earlier edits, and every case is scored once at the end.
+    """
+    from tqdm.auto import tqdm
+
+    editor.restore()
+    results, scores = [], []
+    for case in tqdm(cases, desc=f"{hparams.method} edits", disable=not progress, leave=False):
+        result = editor.compute(case.request, hparams)
+        results.append(result)
+        if sequential:
+            editor.apply(results)
+        else:
+            editor.apply([result])
+            scores.append(score_case(editor.model, editor.tokenizer, case))
+            editor.restore()
+    if sequential:
+        scores = [score_case(editor.model, editor.tokenizer, c) for c in cases]
+    weight_norm = editor.model.get_submodule(results[0].module).weight.float().norm().item() if results else 1.0
+    editor.restore()
+    return EvalRun(
+        method=hparams.method, layer=hparams.layer, sequential=sequential, summary=summarise(scores),
+        seconds_per_edit=mean(r.seconds for r in results) if results else float("nan"),
+        mean_delta_norm=mean(r.delta.norm() for r in results) if results else float("nan"),
+        mean_relative_norm=mean(r.delta.norm() for r in results) / weight_norm if results else float("nan"),
+        cases=scores,
+    )

@@ -1,0 +1,63 @@
+"""Shared fixtures: the tiny trained GPT-2, tiny random models of every family, the demo model."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY_GPT2 = FIXTURES / "tiny-gpt2"
+
+
+def pytest_configure(config) -> None:
+    """Caches go to a throwaway folder; the converted demo model stays where `romevc demo` put it,
+    so the one-time conversion is shared between the demo and the tests."""
+    from romevc import paths
+
+    os.environ.setdefault("ROMEVC_MODELS", str(paths.models_dir()))
+    os.environ["ROMEVC_CACHE"] = tempfile.mkdtemp(prefix="romevc-test-cache-")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    from romevc.model import load_base
+
+    return load_base(str(TINY_GPT2))
+
+
+@pytest.fixture()
+def tiny_stats(tmp_path):
+    from romevc.editing.stats import StatsCache
+
+    return StatsCache(root=tmp_path / "stats", corpus=str(TINY_GPT2 / "corpus.txt"), n_tokens=3000,
+                      progress=False)
+
+
+@pytest.fixture(scope="session")
+def demo_loaded(tmp_path_factory):
+    """The SmolLM2 demo model (converted once into the shared demo cache)."""
+    from romevc import model
+
+    return model.load_base(None)
+
+
+@pytest.fixture(scope="session")
+def demo_editor(demo_loaded, tmp_path_factory):
+    from romevc.editing.stats import StatsCache
+    from romevc.editor import Editor
+
+    stats = StatsCache(root=tmp_path_factory.mktemp("demo-stats"), n_tokens=20_000, progress=False)
+    return Editor(demo_loaded, stats)
+
+
+def tiny_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(TINY_GPT2))
+
+
+def seeded(seed: int = 0) -> None:
+    torch.manual_seed(seed)
