@@ -517,11 +517,19 @@ class Repo:
         self.ledger.delete_ref(ref, record.target)
         return record.target
 
-    def checkout(self, ref: str, *, create: str | None = None) -> Head:
-        """Attach HEAD to a branch, or detach it at a commit; ``create`` makes a branch at ``ref`` first.
+    def checkout(self, ref: str | None, *, create: str | None = None, orphan: str | None = None) -> Head:
+        """Attach HEAD to a branch, or detach it at a commit; ``create`` makes a branch at ``ref``
+        first; ``orphan`` attaches HEAD to a new, unborn branch (its first commit has no parent).
 
         Only HEAD moves: the weights are materialised when a command needs them.
         """
+        if orphan is not None:
+            if self.ledger.get_ref(branch_ref(orphan)) is not None:
+                raise RepoError(f"a branch named {orphan!r} already exists")
+            self.ledger.set_head_symbolic(orphan)
+            return self.ledger.head()
+        if ref is None:
+            raise ValueError("`ref` is required unless `orphan` is given")
         if create is not None:
             name = branch_ref(create)
             if self.ledger.get_ref(name) is not None:
