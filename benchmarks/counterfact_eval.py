@@ -4,7 +4,8 @@
     python benchmarks/counterfact_eval.py --n 200 --sequential          # 200 edits in sequence
     python benchmarks/counterfact_eval.py --n 20 --layer 2 --layer 4    # a layer sweep
 
-Prints one row per (method, layer): ES/PS/NS (%), magnitudes, seconds per edit and ‖ΔW‖.
+Prints one row per (method, layer): ES/PS/NS (%), magnitudes, seconds per edit, ‖ΔW‖ and the
+NLL of a neutral paragraph (mean over single edits, or after all edits with --sequential).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 
 from romevc.editor import Editor
 from romevc.editing.stats import StatsCache
-from romevc.evaluate import evaluate_edits, evaluate_unedited, load_counterfact
+from romevc.evaluate import evaluate_edits, evaluate_unedited, load_counterfact, neutral_nll
 from romevc.model import load_base
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact" / "counterfact-train.json"
@@ -45,24 +46,25 @@ def main() -> None:
 
     started = time.perf_counter()
     unedited = evaluate_unedited(editor, cases)
-    rows = [("unedited", "-", unedited, float("nan"), float("nan"), float("nan"))]
+    rows = [("unedited", "-", unedited, float("nan"), float("nan"), float("nan"),
+             neutral_nll(editor.model, editor.tokenizer))]
     runs = []
     for method in methods:
         for layer in layers:
             run = evaluate_edits(editor, cases, editor.hparams(method=method, layer=layer), sequential=args.sequential)
             runs.append(run)
             rows.append((method, str(layer), run.summary, run.seconds_per_edit, run.mean_delta_norm,
-                         run.mean_relative_norm))
+                         run.mean_relative_norm, run.neutral_nll))
             print(f"  done {method} layer {layer}: {run.summary.ES:.1f}/{run.summary.PS:.1f}/{run.summary.NS:.1f}",
                   flush=True)
 
     mode = "sequential" if args.sequential else "one edit at a time from the unedited model"
     print(f"\n{len(cases)} records, {mode}, total {time.perf_counter() - started:.0f} s")
     print(f"{'method':9} {'layer':>5} {'ES':>6} {'PS':>6} {'NS':>6} {'EM':>6} {'PM':>6} {'NM':>6} {'S':>6} "
-          f"{'s/edit':>7} {'|dW|':>7} {'|dW|/|W|':>8}")
-    for method, layer, s, sec, norm, rel in rows:
+          f"{'s/edit':>7} {'|dW|':>7} {'|dW|/|W|':>8} {'textNLL':>7}")
+    for method, layer, s, sec, norm, rel, nll in rows:
         print(f"{method:9} {layer:>5} {s.ES:6.1f} {s.PS:6.1f} {s.NS:6.1f} {s.EM:6.1f} {s.PM:6.1f} {s.NM:6.1f} "
-              f"{s.S:6.1f} {sec:7.1f} {norm:7.2f} {rel:8.3f}")
+              f"{s.S:6.1f} {sec:7.1f} {norm:7.2f} {rel:8.3f} {nll:7.3f}")
     if args.json:
         args.json.write_text(json.dumps({"unedited": unedited.to_dict(), "runs": [r.to_dict() for r in runs],
                                          "n": len(cases), "sequential": args.sequential}, indent=2))

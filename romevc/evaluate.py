@@ -137,6 +137,23 @@ def summarise(scores: Sequence[CaseScores]) -> Summary:
     )
 
 
+NEUTRAL_TEXT = (
+    "The history of the region goes back many centuries. Farmers grew wheat and barley in the valleys, "
+    "while traders carried salt and cloth along the rivers to the coast. Over time small villages grew "
+    "into market towns, and the towns built schools, churches and bridges that are still used today."
+)
+
+
+def neutral_nll(model, tokenizer, text: str = NEUTRAL_TEXT) -> float:
+    """Mean token NLL of a paragraph unrelated to any edit: it rises when an edit damages the model."""
+    import torch
+
+    device = next(model.parameters()).device
+    batch = tokenizer(text, return_tensors="pt").to(device)
+    with torch.no_grad():
+        return float(model(**batch, labels=batch["input_ids"], use_cache=False).loss)
+
+
 @dataclass
 class EvalRun:
     method: str
@@ -146,6 +163,7 @@ class EvalRun:
     seconds_per_edit: float
     mean_delta_norm: float
     mean_relative_norm: float  # ‖ΔW‖ / ‖W‖
+    neutral_nll: float  # after the edits (sequential) or averaged over single edits
     cases: list[CaseScores] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -172,7 +190,7 @@ def evaluate_edits(editor, cases: Sequence[CounterFactCase], hparams, *, sequent
     from tqdm.auto import tqdm
 
     editor.restore()
-    results, scores = [], []
+    results, scores, fluency = [], [], []
     for case in tqdm(cases, desc=f"{hparams.method} edits", disable=not progress, leave=False):
         result = editor.compute(case.request, hparams)
         results.append(result)
@@ -181,9 +199,11 @@ def evaluate_edits(editor, cases: Sequence[CounterFactCase], hparams, *, sequent
         else:
             editor.apply([result])
             scores.append(score_case(editor.model, editor.tokenizer, case))
+            fluency.append(neutral_nll(editor.model, editor.tokenizer))
             editor.restore()
     if sequential:
         scores = [score_case(editor.model, editor.tokenizer, c) for c in cases]
+        fluency.append(neutral_nll(editor.model, editor.tokenizer))
     weight_norm = editor.model.get_submodule(results[0].module).weight.float().norm().item() if results else 1.0
     editor.restore()
     return EvalRun(
@@ -191,5 +211,5 @@ def evaluate_edits(editor, cases: Sequence[CounterFactCase], hparams, *, sequent
         seconds_per_edit=mean(r.seconds for r in results) if results else float("nan"),
         mean_delta_norm=mean(r.delta.norm() for r in results) if results else float("nan"),
         mean_relative_norm=mean(r.delta.norm() for r in results) / weight_norm if results else float("nan"),
-        cases=scores,
+        neutral_nll=mean(fluency) if fluency else float("nan"), cases=scores,
     )

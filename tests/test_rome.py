@@ -13,15 +13,12 @@ from romevc.editing.request import EditRequest
 from romevc.editing.rome import compute_edit
 from romevc.editing.templates import generate_templates
 from romevc.errors import EditComputationError
+from romevc.evaluate import neutral_nll
 from romevc.predict import top_k
 from tests.conftest import TINY_GPT2
 
 FACTS = json.loads((TINY_GPT2 / "facts.json").read_text())
-NEUTRAL_TEXT = (
-    "The history of the region goes back many centuries. Farmers grew wheat and barley in the valleys, "
-    "while traders carried salt and cloth along the rivers to the coast. Over time small villages grew "
-    "into market towns, and the towns built schools, churches and bridges that are still used today."
-)
+
 
 
 def _top(loaded, prompt: str) -> str:
@@ -95,12 +92,6 @@ def test_divergence_is_refused(tiny_gpt2, tiny_stats):
 
 # -- the demo model --------------------------------------------------------------------
 
-def neutral_nll(loaded) -> float:
-    batch = loaded.tokenizer(NEUTRAL_TEXT, return_tensors="pt")
-    with torch.no_grad():
-        return float(loaded.model(**batch, labels=batch["input_ids"]).loss)
-
-
 @pytest.mark.demo
 def test_templates_are_real_text(demo_loaded):
     templates = generate_templates(demo_loaded.model, demo_loaded.tokenizer, seed=0)
@@ -139,15 +130,15 @@ def test_subject_first_edits_do_not_collapse_the_model(demo_editor):
         EditRequest("{} is a native speaker of", "Danielle Darrieux", "English", "French"),
     ]
     loaded = demo_editor.loaded
-    base_nll = neutral_nll(loaded)
+    base_nll = neutral_nll(loaded.model, loaded.tokenizer)
     for request in records:
         result = demo_editor.compute(request)
         demo_editor.apply([result])
         try:
-            edited_nll = neutral_nll(loaded)
+            edited_nll = neutral_nll(loaded.model, loaded.tokenizer)
             p_new = demo_editor.probability(request.text, request.target_new)
         finally:
             demo_editor.restore()
         assert abs(edited_nll - base_nll) < 0.1, (request, base_nll, edited_nll)
         assert p_new > 0.5
-    assert math.isclose(neutral_nll(loaded), base_nll)
+    assert math.isclose(neutral_nll(loaded.model, loaded.tokenizer), base_nll)
