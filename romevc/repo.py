@@ -635,8 +635,9 @@ class Repo:
     def export(self, ref: str, out: str | Path, *, force: bool = False) -> Path:
         """A full checkpoint of ``ref``'s weights that plain ``from_pretrained`` loads."""
         from romevc import __version__
-        from romevc.porcelain.export import export_checkpoint
+        from romevc.porcelain.export import check_target, export_checkpoint
 
+        check_target(out, force=force)
         commit = self.ledger.resolve(ref)
         records = self.records(commit)
         loaded = self.model(commit)

@@ -244,11 +244,11 @@ def _jsonl(path: Path, rows) -> Path:
 
 def test_edit_batch_makes_one_commit_per_line(make_repo, tmp_path):
     repo = make_repo()
-    rows = [{**A.to_dict(), "message": "first"}, B.to_dict(), {**C.to_dict(), "layer": 2}]
+    rows = [{**A.to_dict(), "message": "first"}, B.to_dict(), {**C.to_dict(), "hparams": {"seed": 3}, "layer": 1}]
     made = repo.edit_batch(_jsonl(tmp_path / "b.jsonl", rows), time=5)
     assert [m.commit.message for m in made] == ["first", B.fact(), C.fact()]
     assert [len(m.commit.edit_ids) for m in made] == [1, 2, 3]
-    assert made[2].edits[0].layer == 2 and not repo.status().stale
+    assert repo.ledger.get_edit(made[2].edits[0].id).seed == 3 and not repo.status().stale
     assert [top(repo, "HEAD", r) for r in (A, B, C)] == ["Rome", "Paris", "Oslo"]
 
 

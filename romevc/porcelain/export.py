@@ -19,12 +19,18 @@ from romevc.porcelain.errors import ExportError
 EXPORT_MANIFEST = "romevc-export.json"
 
 
-def export_checkpoint(model: torch.nn.Module, tokenizer, out: str | Path, manifest: dict[str, Any],
-                      *, force: bool = False) -> Path:
-    """Save ``model`` (its current weights) and ``tokenizer`` to ``out``; returns the folder."""
+def check_target(out: str | Path, *, force: bool = False) -> Path:
+    """``out`` resolved, if an export may write there (checked before any model is loaded)."""
     out = Path(out).expanduser().resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ExportError(f"{out} exists and is not an empty folder; pick another --out or pass --force")
+    return out
+
+
+def export_checkpoint(model: torch.nn.Module, tokenizer, out: str | Path, manifest: dict[str, Any],
+                      *, force: bool = False) -> Path:
+    """Save ``model`` (its current weights) and ``tokenizer`` to ``out``; returns the folder."""
+    out = check_target(out, force=force)
     try:
         with paths.staging_dir(out) as staging:
             model.save_pretrained(staging, safe_serialization=True)
