@@ -8,15 +8,18 @@ NLL), teacher-forced, so multi-token objects are compared fairly.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import mean
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from romevc.editing.request import EditRequest
-from romevc.errors import RomevcError
+from romevc.errors import EditRequestError, RomevcError
 from romevc.predict import target_nll
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -149,9 +152,10 @@ def neutral_nll(model, tokenizer, text: str = NEUTRAL_TEXT) -> float:
     import torch
 
     device = next(model.parameters()).device
-    batch = tokenizer(text, return_tensors="pt").to(device)
+    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
+    ids = torch.tensor([tokenizer(text, verbose=False)["input_ids"][:limit]], device=device)
     with torch.no_grad():
-        return float(model(**batch, labels=batch["input_ids"], use_cache=False).loss)
+        return float(model(input_ids=ids, labels=ids, use_cache=False).loss)
 
 
 @dataclass
@@ -159,12 +163,12 @@ class EvalRun:
     method: str
     layer: int
     sequential: bool
-    summary: Summary
+    summary: dict  # Summary.to_dict() for CounterFact, summarise_zsre() for zsRE
     seconds_per_edit: float
     mean_delta_norm: float
     mean_relative_norm: float  # ‖ΔW‖ / ‖W‖
     neutral_nll: float  # after the edits (sequential) or averaged over single edits
-    cases: list[CaseScores] = field(default_factory=list)
+    cases: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -172,15 +176,23 @@ class EvalRun:
         return data
 
 
-def evaluate_unedited(editor, cases: Sequence[CounterFactCase], progress: bool = True) -> Summary:
+def _scoring(cases) -> tuple[Callable, Callable[[list], dict]]:
+    """(score one case, summarise scores) for the dataset the cases came from."""
+    if cases and isinstance(cases[0], ZsreCase):
+        return score_zsre, summarise_zsre
+    return score_case, lambda scores: summarise(scores).to_dict()
+
+
+def evaluate_unedited(editor, cases: Sequence, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
 
+    score, summary = _scoring(cases)
     editor.restore()
-    return summarise([score_case(editor.model, editor.tokenizer, c)
-                      for c in tqdm(cases, desc="unedited", disable=not progress, leave=False)])
+    return summary([score(editor.model, editor.tokenizer, c)
+                    for c in tqdm(cases, desc="unedited", disable=not progress, leave=False)])
 
 
-def evaluate_edits(editor, cases: Sequence[CounterFactCase], hparams, *, sequential: bool = False,
+def evaluate_edits(editor, cases: Sequence, hparams, *, sequential: bool = False,
                    progress: bool = True) -> EvalRun:
     """Edit each case and score it: one at a time from the base, or all in sequence.
 
@@ -189,6 +201,7 @@ def evaluate_edits(editor, cases: Sequence[CounterFactCase], hparams, *, sequent
     """
     from tqdm.auto import tqdm
 
+    score, summary = _scoring(cases)
     editor.restore()
     results, scores, fluency = [], [], []
     for case in tqdm(cases, desc=f"{hparams.method} edits", disable=not progress, leave=False):
@@ -198,18 +211,135 @@ def evaluate_edits(editor, cases: Sequence[CounterFactCase], hparams, *, sequent
             editor.apply(results)
         else:
             editor.apply([result])
-            scores.append(score_case(editor.model, editor.tokenizer, case))
+            scores.append(score(editor.model, editor.tokenizer, case))
             fluency.append(neutral_nll(editor.model, editor.tokenizer))
             editor.restore()
     if sequential:
-        scores = [score_case(editor.model, editor.tokenizer, c) for c in cases]
+        scores = [score(editor.model, editor.tokenizer, c) for c in cases]
         fluency.append(neutral_nll(editor.model, editor.tokenizer))
     weight_norm = editor.model.get_submodule(results[0].module).weight.float().norm().item() if results else 1.0
     editor.restore()
     return EvalRun(
-        method=hparams.method, layer=hparams.layer, sequential=sequential, summary=summarise(scores),
+        method=hparams.method, layer=hparams.layer, sequential=sequential, summary=summary(scores),
         seconds_per_edit=mean(r.seconds for r in results) if results else float("nan"),
         mean_delta_norm=mean(r.delta.norm() for r in results) if results else float("nan"),
         mean_relative_norm=mean(r.delta.norm() for r in results) / weight_norm if results else float("nan"),
         neutral_nll=mean(fluency) if fluency else float("nan"), cases=scores,
     )
+
+
+# -- zsRE (MEND/ROME format): teacher-forced top-1 token accuracy, the paper's Table 1 ----------
+
+@dataclass(frozen=True)
+class ZsreCase:
+    request: EditRequest  # prompt = the question, target_new = the new answer
+    rephrase: str
+    loc: str
+    loc_answer: str
+
+
+def load_zsre(path: str | Path, n: int | None = None) -> list[ZsreCase]:
+    try:
+        records = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RomevcError(f"cannot read zsRE file {path}: {exc}") from None
+    cases, skipped = [], 0
+    for number, record in enumerate(records):
+        if n is not None and len(cases) == n:
+            break
+        try:
+            request = EditRequest(record["src"], record["subject"], record["alt"],
+                                  (record.get("answers") or [None])[0])
+            cases.append(ZsreCase(request, record["rephrase"], record["loc"], record["loc_ans"]))
+        except KeyError as exc:
+            raise RomevcError(f"{path}: record {number} lacks field {exc}") from None
+        except EditRequestError as exc:  # an empty answer, a subject not in the question
+            skipped += 1
+            log.info("skipping zsRE record %d: %s", number, exc)
+    if skipped:
+        log.warning("skipped %d zsRE records that do not form an edit request", skipped)
+    return cases
+
+
+def token_accuracy(model, tokenizer, prompt: str, target: str) -> float:
+    """Share of the target's tokens that are the argmax prediction, teacher-forced after ``prompt``."""
+    import torch
+
+    from romevc.editing.rome import target_token_ids
+
+    device = next(model.parameters()).device
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    target_ids = target_token_ids(tokenizer, prompt, target)
+    ids = torch.tensor([prompt_ids + target_ids], device=device)
+    with torch.no_grad():
+        logits = model(input_ids=ids, use_cache=False).logits[0]
+    start = len(prompt_ids) - 1
+    predicted = logits[start : start + len(target_ids)].argmax(-1).tolist()
+    return mean(p == t for p, t in zip(predicted, target_ids))
+
+
+def score_zsre(model, tokenizer, case: ZsreCase) -> dict[str, float]:
+    new = case.request.target_new
+    return {
+        "efficacy": token_accuracy(model, tokenizer, case.request.text, new),
+        "paraphrase": token_accuracy(model, tokenizer, case.rephrase, new),
+        "specificity": token_accuracy(model, tokenizer, case.loc, case.loc_answer),
+    }
+
+
+def summarise_zsre(scores: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Percentages of efficacy, paraphrase and specificity, as in the paper's Table 1."""
+    keys = ("efficacy", "paraphrase", "specificity")
+    return {"n": len(scores), **{k: 100 * mean(s[k] for s in scores) if scores else float("nan") for k in keys}}
+
+
+def load_dataset(path: str | Path, n: int | None = None) -> list:
+    """CounterFact (either format) or zsRE, told apart by their fields."""
+    try:
+        first = json.loads(Path(path).read_text(encoding="utf-8"))[:1]
+    except (OSError, ValueError, TypeError) as exc:
+        raise RomevcError(f"cannot read dataset {path}: {exc}") from None
+    if first and isinstance(first[0], dict) and "src" in first[0] and "alt" in first[0]:
+        return load_zsre(path, n)
+    return load_counterfact(path, n)
+
+
+def run_evaluation(editor, cases: Sequence, methods: Sequence[str], layers: Sequence[int], *,
+                   sequential: bool = False, progress: bool = True) -> dict:
+    """The unedited model, then every (method, layer), on the same cases: one JSON-able report."""
+    import time
+
+    started = time.perf_counter()
+    editor.stats.get_many(editor.model, editor.tokenizer, list(layers))
+    report = {"n": len(cases), "sequential": sequential, "dataset": "zsre" if cases and isinstance(cases[0], ZsreCase)
+              else "counterfact", "unedited": evaluate_unedited(editor, cases, progress),
+              "unedited_neutral_nll": neutral_nll(editor.model, editor.tokenizer), "runs": []}
+    for method in methods:
+        for layer in layers:
+            run = evaluate_edits(editor, cases, editor.hparams(method=method, layer=layer),
+                                 sequential=sequential, progress=progress)
+            report["runs"].append(run.to_dict())
+    report["seconds"] = time.perf_counter() - started
+    return report
+
+
+def render_report(report: dict) -> str:
+    """A table for people: one row for the unedited model, one per (method, layer)."""
+    mode = "sequential" if report["sequential"] else "one edit at a time from the unedited model"
+    zsre = report["dataset"] == "zsre"
+    keys = ("efficacy", "paraphrase", "specificity") if zsre else ("ES", "PS", "NS", "EM", "PM", "NM", "S")
+    names = ("Eff", "Para", "Spec") if zsre else keys
+    lines = [f"{report['dataset']}: {report['n']} records, {mode}, {report['seconds']:.0f} s",
+             f"{'method':9} {'layer':>5} " + " ".join(f"{k:>6}" for k in names)
+             + f" {'s/edit':>7} {'|dW|':>7} {'|dW|/|W|':>8} {'textNLL':>7}"]
+
+    def row(name, layer, summary, sec, norm, rel, nll):
+        return (f"{name:9} {layer:>5} " + " ".join(f"{summary[k]:6.1f}" for k in keys)
+                + f" {sec:7.1f} {norm:7.2f} {rel:8.3f} {nll:7.3f}")
+
+    nan = float("nan")
+    lines.append(row("unedited", "-", report["unedited"], nan, nan, nan, report["unedited_neutral_nll"]))
+    for run in report["runs"]:
+        lines.append(row(run["method"], str(run["layer"]), run["summary"], run["seconds_per_edit"],
+                         run["mean_delta_norm"], run["mean_relative_norm"], run["neutral_nll"]))
+    return "\n".join(lines)
