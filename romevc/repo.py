@@ -19,12 +19,9 @@ Choices where git offers several:
 from __future__ import annotations
 
 import getpass
-import json
 import logging
 import os
 import shutil
-import time as _time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -34,71 +31,26 @@ from romevc.editing.hparams import METHODS, RomeHyperParams
 from romevc.editing.request import EditRequest
 from romevc.errors import RomevcError
 from romevc.ledger import (
-    KIND_EDIT, KIND_MERGE, KIND_REVERT, CommitRecord, EditRecord, Head, Ledger, LedgerExistsError, RepoInfo,
-    StatsMeta, branch_ref, default_url, tag_ref,
+    KIND_EDIT, KIND_REVERT, CommitRecord, EditRecord, Head, Ledger, LedgerExistsError, RepoInfo, StatsMeta,
+    branch_ref, default_url,
 )
-from romevc.ledger.errors import NotARepositoryError, RefFormatError, UnknownRefError
-from romevc.porcelain import batch, history
+from romevc.porcelain import batch, branches, history, reading
+from romevc.porcelain.config import CONFIG_FILE, DOT_DIR, RepoConfig, clock, find_root
 from romevc.porcelain.errors import (
-    BaseMismatchError, DetachedHeadError, EditSetError, NothingToDoError, RecomputeError, RepoError,
-    RepositoryExistsError,
+    BaseMismatchError, DetachedHeadError, EditSetError, NothingToDoError, RecomputeError, RepositoryExistsError,
 )
 from romevc.porcelain.materialize import Workspace, record_from_result, stale_flags
-from romevc.porcelain.merge import DEFAULT_THRESHOLD, plan_merge, recompute_stale
+from romevc.porcelain.merge import DEFAULT_THRESHOLD, recompute_stale
+from romevc.porcelain.reading import summaries
 from romevc.porcelain.reports import (
-    BranchInfo, Committed, DiffReport, EditEffect, EditSummary, MergeResult, Prediction, ProbeResult, ShowReport,
-    Status, short,
+    BranchInfo, Committed, DiffReport, EditSummary, MergeResult, Prediction, ShowReport, Status, short,
 )
-from romevc import paths
+
+__all__ = ["Repo", "RepoConfig", "find_root"]
 
 log = logging.getLogger(__name__)
 
-DOT_DIR, CONFIG_FILE = ".romevc", "config.json"
-CONFIG_FORMAT = 1
 KIND_APPLY, KIND_REBASE = "apply", "rebase"
-
-
-@dataclass(frozen=True)
-class RepoConfig:
-    """``.romevc/config.json``: where the ledger is and how statistics are gathered."""
-
-    ledger: str | None = None  # an SQLAlchemy URL; None: .romevc/ledger.db
-    author: str | None = None  # default author of commits
-    stats_corpus: str | None = None  # None: romevc's default corpus
-    stats_tokens: int | None = None  # None: the engine's default
-    stats_root: str | None = None  # None: the user cache
-    format: int = CONFIG_FORMAT
-
-    @classmethod
-    def read(cls, path: Path) -> "RepoConfig":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise NotARepositoryError(f"cannot read {path}: {exc}; restore it or run `romevc init` again") from None
-        if not isinstance(data, dict) or data.get("format", 0) > CONFIG_FORMAT:
-            raise RepoError(f"{path} was written by a newer romevc; upgrade romevc")
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-
-    def write(self, path: Path) -> None:
-        paths.atomic_write_text(path, json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
-
-
-def find_root(path: str | Path = ".") -> Path:
-    """The nearest folder at or above ``path`` holding ``.romevc/config.json``."""
-    start = Path(path).expanduser().resolve()
-    for folder in (start, *start.parents):
-        if (folder / DOT_DIR / CONFIG_FILE).is_file():
-            return folder
-    raise NotARepositoryError(f"not a romevc repository (or any parent up to /): {start}; run `romevc init` first")
-
-
-def _clock(time: int | None, tz: int | None) -> tuple[int, int]:
-    """(UTC seconds, offset east of UTC): now in local time, or the given time (tz 0 unless given)."""
-    if time is None:
-        now = _time.time()
-        local = _time.localtime(now)
-        return int(now), int(tz if tz is not None else local.tm_gmtoff)
-    return int(time), int(tz or 0)
 
 
 def _request(value: EditRequest | Mapping[str, Any]) -> EditRequest:
@@ -145,7 +97,7 @@ class Repo:
         info = RepoInfo(base_id=base_id, architecture=arch.family, dtype=str(loaded.dtype).removeprefix("torch."),
                         base_fingerprint=loaded.fingerprint, module_template=arch.module_template(),
                         layout=arch.layout, revision=loaded.revision or loaded.spec.revision,
-                        created=_clock(time, None)[0])
+                        created=clock(time, None)[0])
         if stats_corpus and Path(stats_corpus).expanduser().exists():
             stats_corpus = str(Path(stats_corpus).expanduser().resolve())
         config = RepoConfig(ledger=ledger_url, author=author, stats_corpus=stats_corpus, stats_tokens=stats_tokens,
@@ -231,7 +183,7 @@ class Repo:
 
     def _commit(self, parents: Sequence[str | None], edits: Sequence[EditRecord], message: str, kind: str,
                 author: str | None, time: int | None, tz: int | None) -> CommitRecord:
-        t, offset = _clock(time, tz)
+        t, offset = clock(time, tz)
         return CommitRecord.create(parents=[p for p in parents if p], edit_ids=[e.id for e in edits],
                                    message=message, author=self._author(author), time=t, tz=offset, kind=kind)
 
@@ -249,7 +201,7 @@ class Repo:
 
     def _stats_metas(self, edits: Iterable[EditRecord]) -> list[StatsMeta]:
         """Where the statistics of freshly computed edits live (for `romevc verify --recompute`)."""
-        if self.workspace._editor is None:
+        if not self.workspace.ready:
             return []
         stats, model = self.workspace.editor.stats, self.workspace.loaded.model
         metas = {}
@@ -279,9 +231,6 @@ class Repo:
     def stale(self, records: Sequence[EditRecord]) -> list[bool]:
         return stale_flags(self.info.base_fingerprint, records)
 
-    def _summaries(self, records: Sequence[EditRecord], stale: Sequence[bool] | None = None) -> tuple[EditSummary, ...]:
-        return tuple(EditSummary.of(r, None if stale is None else s) for r, s in zip(records, stale or [None] * len(records)))
-
     # -- the model at a commit -----------------------------------------------------------------------
 
     def model(self, ref: str | None = "HEAD"):
@@ -308,21 +257,7 @@ class Repo:
 
     def generate(self, ref: str, prompt: str, max_new_tokens: int = 30) -> str:
         """Greedy continuation of ``prompt`` at ``ref`` (the new text only)."""
-        import torch
-
-        loaded = self.model(ref)
-        tok = loaded.tokenizer
-        batch_ = tok(prompt, return_tensors="pt").to(next(loaded.model.parameters()).device)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        with torch.no_grad():
-            out = loaded.model.generate(**batch_, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad)
-        # Decode the whole sequence and cut the prompt off, so the completion keeps the space
-        # before its first word whatever the tokenizer (word-level ones decode tokens bare).
-        prompt_text = tok.decode(batch_["input_ids"][0], skip_special_tokens=True)
-        full = tok.decode(out[0], skip_special_tokens=True)
-        if full.startswith(prompt_text):
-            return full[len(prompt_text):]
-        return tok.decode(out[0, batch_["input_ids"].shape[1]:], skip_special_tokens=True)
+        return reading.generate(self.model(ref), prompt, max_new_tokens)
 
     # -- committing verbs --------------------------------------------------------------------------
 
@@ -333,11 +268,11 @@ class Repo:
         request = _request(request)
         branch, parent = self._branch_head()
         records = self.records(parent)
-        t, offset = _clock(time, tz)
+        t, offset = clock(time, tz)
         record = self._compute(request, records, hparams, self._author(author), t)
         commit = self._commit([parent], records + [record], message or request.fact(), KIND_EDIT, author, t, offset)
         self._write(branch, parent, [record], [commit])
-        return Committed(commit, self._summaries([record], [False]), branch)
+        return Committed(commit, summaries([record], [False]), branch)
 
     def edit_batch(self, path: str | Path, *, author: str | None = None, time: int | None = None,
                    tz: int | None = None) -> list[Committed]:
@@ -345,7 +280,7 @@ class Repo:
         lines = batch.read_requests(path)
         branch, parent = self._branch_head()
         records = self.records(parent)
-        t, offset = _clock(time, tz)
+        t, offset = clock(time, tz)
         self.workspace.editor  # load the base first: a load error is not a line's fault
         commits, made, new, tip = [], [], [], parent
         for line in tqdm(lines, desc="edits", unit="edit", disable=len(lines) < 2):
@@ -357,7 +292,7 @@ class Repo:
             new.append(record)
             commit = self._commit([tip], records, line.message or line.request.fact(), KIND_EDIT, author, t, offset)
             commits.append(commit)
-            made.append(Committed(commit, self._summaries([record], [False]), branch))
+            made.append(Committed(commit, summaries([record], [False]), branch))
             tip = commit.id
         self._write(branch, parent, new, commits)
         return made
@@ -379,14 +314,14 @@ class Repo:
         lines = batch.read_requests(editset)
         branch, parent = self._branch_head()
         records = self.records(parent)
-        t, offset = _clock(time, tz)
+        t, offset = clock(time, tz)
         new = []
         for line in tqdm(lines, desc="edits", unit="edit", disable=len(lines) < 2):
             new.append(self._compute(line.request, records + new, line.hparams, self._author(author), t))
         commit = self._commit([parent], records + new, message or f"Apply {editset.name}: {len(new)} edit(s)",
                               KIND_APPLY, author, t, offset)
         self._write(branch, parent, new, [commit])
-        return Committed(commit, self._summaries(new, [False] * len(new)), branch)
+        return Committed(commit, summaries(new, [False] * len(new)), branch)
 
     def apply_records(self, edits: Sequence[EditRecord], *, recompute: bool = False, message: str | None = None,
                       author: str | None = None, time: int | None = None, tz: int | None = None) -> Committed:
@@ -409,7 +344,7 @@ class Repo:
         commit = self._commit([parent], result, message or f"Apply {len(landed)} edit(s)", KIND_APPLY,
                               author, time, tz)
         self._write(branch, parent, landed, [commit])
-        return Committed(commit, self._summaries(landed, self.stale(result)[len(records):]), branch)
+        return Committed(commit, summaries(landed, self.stale(result)[len(records):]), branch)
 
     def revert(self, ref: str, *, message: str | None = None, author: str | None = None,
                time: int | None = None, tz: int | None = None) -> Committed:
@@ -432,7 +367,7 @@ class Repo:
                               KIND_REVERT, author, time, tz)
         self._write(branch, head, [], [commit])
         gone = [e for e in now if e.id in added]
-        return Committed(commit, self._summaries(gone), branch)
+        return Committed(commit, summaries(gone), branch)
 
     def merge(self, ref: str, *, resolve: str | None = None, recompute: bool = False,
               threshold: float = DEFAULT_THRESHOLD, no_ff: bool = False, message: str | None = None,
@@ -443,32 +378,8 @@ class Repo:
         merge commit with parents (HEAD, ref) whose edit set is the three-way merge.
         ``recompute`` recomputes every edit that lands stale; otherwise they are reported.
         """
-        branch, ours = self._branch_head()
-        theirs = self.ledger.resolve(ref)
-        if ours is not None and (ours == theirs or self.ledger.is_ancestor(theirs, ours)):
-            return MergeResult("up-to-date", ours)
-        if ours is None or (not no_ff and self.ledger.is_ancestor(ours, theirs)):
-            have = {e.id for e in self.records(ours)}
-            landed = [e for e in self.records(theirs) if e.id not in have]
-            self.ledger.update_ref(branch_ref(branch), theirs, ours)
-            return MergeResult("fast-forward", theirs, added=self._summaries(landed))
-        bases = self.ledger.merge_bases(ours, theirs)
-        plan = plan_merge(self.records(bases[0] if bases else None), self.records(ours), self.records(theirs),
-                          resolve=resolve, threshold=threshold)
-        result, pairs = list(plan.result), []
-        if recompute:
-            with tqdm(desc="recomputing stale edits", unit="edit") as bar:
-                def again(record, on):
-                    bar.update(1)
-                    return self.recompute(record, on)
-                result, pairs = recompute_stale(self.info.base_fingerprint, result, again)
-        stale = self.stale(result)
-        commit = self._commit([ours, theirs], result, message or f"Merge {ref} into {branch}", KIND_MERGE,
-                              author, time, tz)
-        self._write(branch, ours, result, [commit])
-        return MergeResult("merge", commit.id, added=self._summaries(plan.added), dropped=self._summaries(plan.dropped),
-                           conflicts=plan.conflicts, stale=tuple(EditSummary.of(r, True) for r, s in zip(result, stale) if s),
-                           recomputed=tuple(pairs))
+        return history.merge_into(self, ref, resolve=resolve, recompute=recompute, threshold=threshold, no_ff=no_ff,
+                                  message=message, author=author, time=time, tz=tz)
 
     def rebase(self, onto: str | None = None, *, author: str | None = None, time: int | None = None,
                tz: int | None = None) -> MergeResult:
@@ -492,30 +403,15 @@ class Repo:
     # -- refs ----------------------------------------------------------------------------------------
 
     def branches(self) -> list[BranchInfo]:
-        head = self.ledger.head()
-        return [BranchInfo(r.short_name, r.target, r.short_name == head.branch)
-                for r in self.ledger.list_refs("refs/heads/")]
+        return branches.branches(self.ledger)
 
     def branch(self, name: str, start: str = "HEAD") -> BranchInfo:
         """A new branch at ``start`` (refuses an existing name)."""
-        ref = branch_ref(name)
-        if self.ledger.get_ref(ref) is not None:
-            raise RepoError(f"a branch named {name!r} already exists")
-        commit = self.ledger.resolve(start)
-        self.ledger.update_ref(ref, commit, None)
-        return BranchInfo(name, commit, False)
+        return branches.branch(self.ledger, name, start)
 
     def delete_branch(self, name: str, *, force: bool = False) -> str:
         """Delete a branch; unless ``force``, only one whose tip HEAD already contains. Returns its tip."""
-        ref = branch_ref(name)
-        record = self.ledger.get_ref(ref)
-        if record is None:
-            raise UnknownRefError(f"no branch named {name!r}; see `romevc branch`")
-        head = self.ledger.head()
-        if not force and (head.commit is None or not self.ledger.is_ancestor(record.target, head.commit)):
-            raise RepoError(f"branch {name!r} is not merged into HEAD; delete it anyway with -D")
-        self.ledger.delete_ref(ref, record.target)
-        return record.target
+        return branches.delete_branch(self.ledger, name, force=force)
 
     def checkout(self, ref: str | None, *, create: str | None = None, orphan: str | None = None) -> Head:
         """Attach HEAD to a branch, or detach it at a commit; ``create`` makes a branch at ``ref``
@@ -523,49 +419,16 @@ class Repo:
 
         Only HEAD moves: the weights are materialised when a command needs them.
         """
-        if orphan is not None:
-            if self.ledger.get_ref(branch_ref(orphan)) is not None:
-                raise RepoError(f"a branch named {orphan!r} already exists")
-            self.ledger.set_head_symbolic(orphan)
-            return self.ledger.head()
-        if ref is None:
-            raise ValueError("`ref` is required unless `orphan` is given")
-        if create is not None:
-            name = branch_ref(create)
-            if self.ledger.get_ref(name) is not None:
-                raise RepoError(f"a branch named {create!r} already exists")
-            commit = self.ledger.resolve(ref)
-            with self.ledger.transaction():
-                self.ledger.update_ref(name, commit, None)
-                self.ledger.set_head_symbolic(create)
-            return self.ledger.head()
-        try:
-            is_branch = self.ledger.get_ref(branch_ref(ref)) is not None
-        except RefFormatError:
-            is_branch = False
-        if is_branch:
-            self.ledger.set_head_symbolic(ref)
-        else:
-            self.ledger.set_head_detached(self.ledger.resolve(ref))
-        return self.ledger.head()
+        return branches.checkout(self.ledger, ref, create=create, orphan=orphan)
 
     def tags(self) -> list[BranchInfo]:
-        return [BranchInfo(r.short_name, r.target, False) for r in self.ledger.list_refs("refs/tags/")]
+        return branches.tags(self.ledger)
 
     def tag(self, name: str, ref: str = "HEAD") -> BranchInfo:
-        ref_name = tag_ref(name)
-        if self.ledger.get_ref(ref_name) is not None:
-            raise RepoError(f"a tag named {name!r} already exists")
-        commit = self.ledger.resolve(ref)
-        self.ledger.update_ref(ref_name, commit, None)
-        return BranchInfo(name, commit, False)
+        return branches.tag(self.ledger, name, ref)
 
     def delete_tag(self, name: str) -> str:
-        record = self.ledger.get_ref(tag_ref(name))
-        if record is None:
-            raise UnknownRefError(f"no tag named {name!r}; see `romevc tag`")
-        self.ledger.delete_ref(tag_ref(name), record.target)
-        return record.target
+        return branches.delete_tag(self.ledger, name)
 
     # -- reading -------------------------------------------------------------------------------------
 
@@ -578,50 +441,16 @@ class Repo:
         return history.decorations(self.ledger)
 
     def status(self) -> Status:
-        head = self.ledger.head()
-        records = self.records(head.commit)
-        stale = [r for r, s in zip(records, self.stale(records)) if s]
-        i = self.info
-        return Status(head.branch, head.commit, len(records), self._summaries(stale, [True] * len(stale)),
-                      i.base_id, i.revision, i.base_fingerprint, i.architecture, i.dtype,
-                      self.ledger.url.render_as_string(hide_password=True))
+        """Branch, HEAD, edit count, stale edits and the base (reads the ledger only)."""
+        return reading.status(self)
 
     def show(self, ref: str = "HEAD", *, predictions: bool = True) -> ShowReport:
         """What a commit changed against its first parent, with predictions on each changed prompt."""
-        commit = self.ledger.get_commit(self.ledger.resolve(ref))
-        before = self.records(commit.parents[0]) if commit.parents else []
-        after = self.records(commit.id)
-        before_ids, after_ids = {e.id for e in before}, {e.id for e in after}
-        stale = dict(zip((e.id for e in after), self.stale(after)))
-        added = [e for e in after if e.id not in before_ids]
-        removed = [e for e in before if e.id not in after_ids]
-        effects: list[EditEffect] = []
-        changed = [(e, "added") for e in added] + [(e, "removed") for e in removed]
-        if predictions and changed:
-            prompts = [EditSummary.of(e).text for e, _ in changed]
-            targets = [e.request.get("target_new") for e, _ in changed]
-            was = self.predictions(prompts, targets, records=before)
-            now = self.predictions(prompts, targets, records=after)
-            effects = [EditEffect(EditSummary.of(e, stale.get(e.id)), kind, b, a)
-                       for (e, kind), b, a in zip(changed, was, now)]
-        return ShowReport(commit, tuple(EditSummary.of(e, stale[e.id]) for e in added), self._summaries(removed),
-                          tuple(effects))
+        return reading.show(self, ref, predictions=predictions)
 
     def diff(self, a: str, b: str = "HEAD", *, probe: str | Path | None = None) -> DiffReport:
         """Edits added and removed from ``a`` to ``b``; with ``probe``, the top prediction of each prompt at both."""
-        ca, cb = self.ledger.resolve(a), self.ledger.resolve(b)
-        ids_a, ids_b = self.ledger.get_commit(ca).edit_ids, self.ledger.get_commit(cb).edit_ids
-        set_a, set_b = set(ids_a), set(ids_b)
-        added = history.edits_by_id(self, cb, [e for e in ids_b if e not in set_a])
-        removed = history.edits_by_id(self, ca, [e for e in ids_a if e not in set_b])
-        probes = None
-        if probe is not None:
-            prompts = batch.read_probes(probe)
-            none = [None] * len(prompts)
-            was = self.predictions(prompts, none, ca)
-            now = self.predictions(prompts, none, cb)
-            probes = tuple(ProbeResult(p, x, y) for p, x, y in zip(prompts, was, now))
-        return DiffReport(ca, cb, self._summaries(added), self._summaries(removed), probes)
+        return reading.diff(self, a, b, probe=probe)
 
     def blame(self, subject: str | None = None, *, layer: int | None = None, ref: str | None = None):
         """Commits on ``ref``'s first-parent history that added or removed edits of ``subject``/``layer``."""

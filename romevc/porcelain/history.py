@@ -1,26 +1,25 @@
-"""The verbs of :class:`romevc.repo.Repo` that walk history: decorations, blame, verify, rebase.
+"""The verbs of :class:`romevc.repo.Repo` that walk or combine history: decorations, blame,
+verify, merge, rebase.
 
 They live here to keep ``repo.py`` short; each takes the open ``Repo`` as its first argument.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from romevc.ledger import EditRecord, Ledger, branch_ref
+from romevc.ledger import KIND_MERGE, Ledger, branch_ref
 from romevc.ledger.errors import CorruptObjectError
 from romevc.porcelain.errors import MergeConflictError, NothingToDoError, RepoError
 from romevc.porcelain.materialize import fingerprints_before
-from romevc.porcelain.merge import conflict_message, find_conflicts, recompute_stale
+from romevc.porcelain.merge import DEFAULT_THRESHOLD, conflict_message, find_conflicts, plan_merge, recompute_stale
+from romevc.porcelain.reading import summaries
 from romevc.porcelain.reports import BlameLine, EditSummary, MergeResult, RecomputeCheck, VerifyResult, short
 
 if TYPE_CHECKING:
     from romevc.repo import Repo
-
-_FEW = 256  # changed edits fetched one by one; more, and the whole set is read in one query
-
 
 def decorations(ledger: Ledger) -> dict[str, list[str]]:
     """commit id -> labels as git prints them: ``HEAD -> main``, ``tag: v1``, ``feature``."""
@@ -40,14 +39,6 @@ def decorations(ledger: Ledger) -> dict[str, list[str]]:
         else:
             out.setdefault(ref.target, []).append(ref.name.removeprefix("refs/remotes/"))
     return out
-
-
-def edits_by_id(repo: "Repo", commit: str, ids: Sequence[str]) -> list[EditRecord]:
-    """The records of ``ids`` (all in ``commit``'s set), in the given order, read cheaply."""
-    if len(ids) <= _FEW:
-        return [repo.ledger.get_edit(i) for i in ids]
-    pool = {e.id: e for e in repo.records(commit)}
-    return [pool[i] for i in ids]
 
 
 def blame(repo: "Repo", *, subject: str | None, layer: int | None, ref: str | None) -> list[BlameLine]:
@@ -110,6 +101,46 @@ def verify(repo: "Repo", *, recompute: bool) -> VerifyResult:
                    for x, y in ((again.u, stored.u), (again.v, stored.v)))
         checks.append(RecomputeCheck(edit_id, "differs", f"max |Δ| {diff:.3g} between stored and recomputed u/v", diff))
     return VerifyResult(report, tuple(checks))
+
+
+# -- merge and rebase ---------------------------------------------------------------------------------------
+
+def merge_into(repo: "Repo", ref: str, *, resolve: str | None = None, recompute: bool = False,
+               threshold: float = DEFAULT_THRESHOLD, no_ff: bool = False, message: str | None = None,
+               author: str | None = None, time: int | None = None, tz: int | None = None) -> MergeResult:
+    """Merge ``ref`` into HEAD's branch (see :mod:`romevc.porcelain.merge` for conflicts).
+
+    Fast-forwards when HEAD is an ancestor of ``ref`` (unless ``no_ff``); otherwise a
+    merge commit with parents (HEAD, ref) whose edit set is the three-way merge.
+    ``recompute`` recomputes every edit that lands stale; otherwise they are reported.
+    """
+    branch, ours = repo._branch_head()
+    theirs = repo.ledger.resolve(ref)
+    if ours is not None and (ours == theirs or repo.ledger.is_ancestor(theirs, ours)):
+        return MergeResult("up-to-date", ours)
+    if ours is None or (not no_ff and repo.ledger.is_ancestor(ours, theirs)):
+        have = {e.id for e in repo.records(ours)}
+        landed = [e for e in repo.records(theirs) if e.id not in have]
+        repo.ledger.update_ref(branch_ref(branch), theirs, ours)
+        return MergeResult("fast-forward", theirs, added=summaries(landed))
+    bases = repo.ledger.merge_bases(ours, theirs)
+    plan = plan_merge(repo.records(bases[0] if bases else None), repo.records(ours), repo.records(theirs),
+                      resolve=resolve, threshold=threshold)
+    result, pairs = list(plan.result), []
+    if recompute:
+        with tqdm(desc="recomputing stale edits", unit="edit") as bar:
+            def again(record, on):
+                bar.update(1)
+                return repo.recompute(record, on)
+            result, pairs = recompute_stale(repo.info.base_fingerprint, result, again)
+    stale = repo.stale(result)
+    commit = repo._commit([ours, theirs], result, message or f"Merge {ref} into {branch}", KIND_MERGE,
+                          author, time, tz)
+    repo._write(branch, ours, result, [commit])
+    return MergeResult("merge", commit.id, added=summaries(plan.added), dropped=summaries(plan.dropped),
+                       conflicts=plan.conflicts, stale=tuple(EditSummary.of(r, True) for r, s in zip(result, stale) if s),
+                       recomputed=tuple(pairs))
+
 
 
 # -- rebase onto another commit ------------------------------------------------------------------------

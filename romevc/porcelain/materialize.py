@@ -143,6 +143,11 @@ class Workspace:
         return self._loaded
 
     @property
+    def ready(self) -> bool:
+        """Whether the base is loaded and an editor made (nothing is loaded by asking)."""
+        return self._editor is not None
+
+    @property
     def editor(self):
         if self._editor is None:
             from romevc.editor import Editor
