@@ -250,8 +250,9 @@ class Repo:
                                   editor.probability(prompt, target) if target else None))
         return out
 
-    def predict(self, ref: str, prompt: str, k: int = 5):
-        """The ``k`` most likely next tokens after ``prompt`` at ``ref`` (:class:`romevc.predict.Choice`)."""
+    def predict(self, ref: str | None, prompt: str, k: int = 5):
+        """The ``k`` most likely next tokens after ``prompt`` at ``ref`` (None: the base), as
+        :class:`romevc.predict.Choice` values."""
         self.model(ref)
         return self.workspace.editor.predict(prompt, k)
 

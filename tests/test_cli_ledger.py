@@ -284,6 +284,19 @@ def test_user_errors_are_one_line(run, repo_dir, tmp_path):
         assert result.stderr.startswith(start) and result.stderr.count("\n") == 1, result.stderr
 
 
+def test_predict_before_the_first_commit_uses_the_base(run, repo_dir):
+    data = json.loads(run("predict", A.text, "--top-k", "1", "--json").stdout)
+    assert data["base"] == "HEAD (the base, no commits yet)" and data["choices"][0]["token"] == "Vienna"
+    assert run("show", code=1).stderr.startswith("error: HEAD has no commits yet")
+
+
+def test_a_ledger_from_a_newer_romevc_is_refused(run, repo_dir):
+    with sqlite3.connect(repo_dir / ".romevc" / "ledger.db") as db:
+        db.execute("UPDATE repo SET format_version = 99")
+    result = run("status", code=1)
+    assert result.stderr == "error: this ledger was written by a newer romevc (object format 99); upgrade romevc\n"
+
+
 def test_commands_outside_a_repository_say_so(run):
     for args in (["log"], ["status"], ["predict", "HEAD", "x"]):
         result = run(*args, code=1)

@@ -79,10 +79,9 @@ def predict(args, k, base, dtype, device_map, repo_path, as_json: bool) -> None:
                 raise
     if repo is not None:
         with repo:
-            ref = ref or "HEAD"
-            commit = repo.ledger.resolve(ref)
+            commit = repo.ledger.resolve(ref) if ref else repo.ledger.head().commit  # None: no commits yet
             choices = repo.predict(commit, prompt, k)
-            where = f"{ref} ({commit[:7]})"
+            where = f"{ref or 'HEAD'} ({commit[:7] if commit else 'the base, no commits yet'})"
     else:
         loaded = _load(base, dtype, device_map)
         choices = top_k(loaded.model, loaded.tokenizer, prompt, k)
