@@ -303,15 +303,14 @@ class Repo:
         """Commit the edits of an edit set onto HEAD's branch as one commit.
 
         A JSONL of requests is computed here, each on the weights of the ones before (so
-        none is stale and ``recompute`` changes nothing). Edit-set folders (the published
-        format) arrive with the remotes feature; :meth:`apply_records` takes stored edits.
+        none is stale and ``recompute`` changes nothing). An edit-set folder (the published
+        format: ``romevc.json`` + ``edits.safetensors``) contributes the edit set of its head
+        commit through :meth:`apply_records`: stored deltas as they are, flagged stale where
+        computed on other weights, or recomputed here with ``recompute``.
         """
         editset = Path(editset)
         if editset.is_dir():
-            raise EditSetError(
-                f"{editset} is a folder: edit-set folders (romevc.json + edits.safetensors) arrive with the "
-                "remotes feature; for now apply a JSONL file of requests"
-            )
+            return self._apply_folder(editset, recompute=recompute, message=message, author=author, time=time, tz=tz)
         lines = batch.read_requests(editset)
         branch, parent = self._branch_head()
         records = self.records(parent)
@@ -323,6 +322,22 @@ class Repo:
                               KIND_APPLY, author, t, offset)
         self._write(branch, parent, new, [commit])
         return Committed(commit, summaries(new, [False] * len(new)), branch)
+
+    def _apply_folder(self, folder: Path, **kwargs) -> Committed:
+        if not (folder / "romevc.json").is_file():
+            raise EditSetError(f"{folder} holds no romevc.json: not an edit set; give an edit-set folder or a JSONL "
+                               "file of requests")
+        try:
+            from romevc.remotes.editset import check_base, read_editset
+        except ImportError:
+            raise EditSetError("edit-set folders arrive with the remotes feature; for now apply a JSONL file of "
+                               "requests") from None
+        edit_set = read_editset(folder)  # verified: every id is recomputed, nothing but JSON and safetensors read
+        check_base(edit_set.manifest.base, self.info)
+        if edit_set.manifest.head is None:
+            raise NothingToDoError(f"the edit set in {folder} names no head commit; nothing to apply")
+        kwargs["message"] = kwargs["message"] or f"Apply {folder.name}"
+        return self.apply_records(edit_set.edits_of(edit_set.manifest.head), **kwargs)
 
     def apply_records(self, edits: Sequence[EditRecord], *, recompute: bool = False, message: str | None = None,
                       author: str | None = None, time: int | None = None, tz: int | None = None) -> Committed:

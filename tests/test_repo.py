@@ -270,8 +270,32 @@ def test_apply_a_jsonl_is_one_commit_and_a_folder_is_not_yet(make_repo, tmp_path
     assert made.commit.kind == "apply" and len(made.commit.edit_ids) == 2
     assert made.commit.message == "Apply set.jsonl: 2 edit(s)"
     (tmp_path / "folder").mkdir()
-    with pytest.raises(EditSetError, match="remotes feature"):
+    with pytest.raises(EditSetError, match="holds no romevc.json"):
         repo.apply(tmp_path / "folder")
+
+
+def test_apply_an_edit_set_folder_takes_the_stored_deltas(make_repo, tmp_path):
+    editset = pytest.importorskip("romevc.remotes.editset")  # the published format comes with remotes
+    source = make_repo("source")
+    source.edit(A, time=1)
+    source.edit(B, time=2)
+    folder = editset.write_editset(source, ["main"], tmp_path / "set")
+    target = make_repo("target")
+    target.edit(C, time=3)
+    made = target.apply(folder, time=4)
+    assert made.commit.message == "Apply set" and [e.subject for e in made.edits] == [A.subject, B.subject]
+    assert [e.stale for e in made.edits] == [True, True]  # computed without C
+    fresh = make_repo("fresh")
+    fresh.apply(folder, time=5)
+    assert not fresh.status().stale
+    assert_same_weights(state(fresh, "HEAD"), state(source, "HEAD"))
+    with pytest.raises(NothingToDoError):
+        target.apply(folder)
+    other = make_repo("other")
+    other.edit(C, time=3)
+    again = other.apply(folder, recompute=True, time=6)
+    assert [e.stale for e in again.edits] == [False, False] and not other.status().stale
+    assert [top(other, "HEAD", r) for r in (A, B, C)] == ["Rome", "Paris", "Oslo"]
 
 
 # -- reading ---------------------------------------------------------------------------------------------

@@ -389,13 +389,17 @@ def revert(ref, message, repo, as_json):
 
 @click.command()
 @click.argument("editset", type=click.Path(exists=True))
-@click.option("--recompute", is_flag=True, help="Recompute stored edits on this branch's weights.")
+@click.option("--recompute", is_flag=True, help="Recompute a folder's stale edits on this branch's weights.")
 @click.option("-m", "--message", default=None, help="Commit message.")
 @json_option
 @guarded
 @with_repo
 def apply(editset, recompute, message, repo, as_json):
-    """Commit the edits of an edit set (a JSONL of requests) onto the current branch, as one commit.
+    """Commit the edits of an edit set onto the current branch, as one commit.
+
+    EDITSET is a JSONL file of requests (computed here) or a published edit-set folder
+    (its stored deltas taken as they are, flagged stale where made on other weights;
+    --recompute recomputes those here).
 
     Example: romevc apply facts.jsonl
     """
