@@ -21,7 +21,6 @@ from __future__ import annotations
 import getpass
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -31,13 +30,13 @@ from romevc.editing.hparams import METHODS, RomeHyperParams
 from romevc.editing.request import EditRequest
 from romevc.errors import RomevcError
 from romevc.ledger import (
-    KIND_EDIT, KIND_REVERT, CommitRecord, EditRecord, Head, Ledger, LedgerExistsError, RepoInfo, StatsMeta,
-    branch_ref, default_url,
+    KIND_EDIT, KIND_REVERT, CommitRecord, EditRecord, Head, Ledger, RepoInfo, StatsMeta, branch_ref,
+    default_url,
 )
 from romevc.porcelain import batch, branches, history, reading
-from romevc.porcelain.config import CONFIG_FILE, DOT_DIR, RepoConfig, clock, find_root
+from romevc.porcelain.config import CONFIG_FILE, DOT_DIR, RepoConfig, clock, create, find_root, repo_info
 from romevc.porcelain.errors import (
-    BaseMismatchError, DetachedHeadError, EditSetError, NothingToDoError, RecomputeError, RepositoryExistsError,
+    DetachedHeadError, EditSetError, NothingToDoError, RecomputeError, RepositoryExistsError,
 )
 from romevc.porcelain.materialize import Workspace, record_from_result, stale_flags
 from romevc.porcelain.merge import DEFAULT_THRESHOLD, recompute_stale
@@ -50,7 +49,7 @@ __all__ = ["Repo", "RepoConfig", "find_root"]
 
 log = logging.getLogger(__name__)
 
-KIND_APPLY, KIND_REBASE = "apply", "rebase"
+KIND_APPLY = "apply"  # one commit of a whole edit set
 
 
 def _request(value: EditRequest | Mapping[str, Any]) -> EditRequest:
@@ -83,42 +82,15 @@ class Repo:
         ``ledger_url`` naming an existing shared ledger, the folder joins it instead,
         provided the base fingerprints agree.
         """
-        from romevc.model import DEMO_ALIASES, load_base
+        from romevc.model import load_base
 
         root = Path(path).expanduser().resolve()
-        dot = root / DOT_DIR
-        if (dot / CONFIG_FILE).exists():
+        if (root / DOT_DIR / CONFIG_FILE).exists():
             raise RepositoryExistsError(f"{root} is already a romevc repository")
         loaded = loaded or load_base(base, dtype=dtype, device_map=device_map)
-        base_id = loaded.spec.id
-        if base_id.lower() not in DEMO_ALIASES and Path(base_id).expanduser().exists():
-            base_id = str(Path(base_id).expanduser().resolve())  # the repo may be used from any folder
-        arch = loaded.architecture
-        info = RepoInfo(base_id=base_id, architecture=arch.family, dtype=str(loaded.dtype).removeprefix("torch."),
-                        base_fingerprint=loaded.fingerprint, module_template=arch.module_template(),
-                        layout=arch.layout, revision=loaded.revision or loaded.spec.revision,
-                        created=clock(time, None)[0])
-        if stats_corpus and Path(stats_corpus).expanduser().exists():
-            stats_corpus = str(Path(stats_corpus).expanduser().resolve())
         config = RepoConfig(ledger=ledger_url, author=author, stats_corpus=stats_corpus, stats_tokens=stats_tokens,
-                            stats_root=str(Path(stats_root).resolve()) if stats_root else None)
-        made_dot = not dot.exists()
-        dot.mkdir(parents=True, exist_ok=True)
-        try:
-            try:
-                ledger = Ledger.create(ledger_url or default_url(root), info, initial_branch=initial_branch)
-            except LedgerExistsError:
-                if ledger_url is None:
-                    raise
-                ledger = Ledger(ledger_url)  # joining a shared ledger
-                if ledger.repo_info().base_fingerprint != info.base_fingerprint:
-                    ledger.close()
-                    raise BaseMismatchError(f"the ledger at {ledger_url} belongs to another base; pass the same --base")
-            config.write(dot / CONFIG_FILE)
-        except BaseException:
-            if made_dot:
-                shutil.rmtree(dot, ignore_errors=True)
-            raise
+                            stats_root=stats_root)
+        ledger, config = create(root, repo_info(loaded, created=clock(time, None)[0]), config, initial_branch)
         return cls(root, ledger, config, loaded=loaded, device_map=device_map)
 
     @classmethod
@@ -405,15 +377,7 @@ class Repo:
         recomputing the replayed edits so none is stale (history with merges is refused).
         """
         if onto is None:
-            branch, head = self._branch_head()
-            if head is None:
-                raise NothingToDoError("no commits yet; nothing to rebase")
-            result, pairs = recompute_stale(self.info.base_fingerprint, self.records(head), self.recompute)
-            if not pairs:
-                raise NothingToDoError("no stale edits at HEAD; nothing to rebase")
-            commit = self._commit([head], result, f"Recompute {len(pairs)} stale edit(s)", KIND_REBASE, author, time, tz)
-            self._write(branch, head, result, [commit])
-            return MergeResult("rebase", commit.id, recomputed=tuple(pairs))
+            return history.recompute_head(self, author=author, time=time, tz=tz)
         return history.rebase_onto(self, onto)
 
     # -- refs ----------------------------------------------------------------------------------------

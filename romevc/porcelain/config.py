@@ -1,4 +1,4 @@
-"""A repository folder: ``.romevc/config.json``, finding it from a subfolder, and the clock.
+"""A repository folder: creating it, ``.romevc/config.json``, finding it from a subfolder, the clock.
 
 The config is the only file besides the ledger: JSON, written to a temporary name and
 renamed. It says where the ledger lives (an SQLAlchemy URL, default
@@ -7,13 +7,15 @@ renamed. It says where the ledger lives (an SQLAlchemy URL, default
 from __future__ import annotations
 
 import json
+import shutil
 import time as _time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from romevc import paths
+from romevc.ledger import Ledger, LedgerExistsError, RepoInfo, default_url
 from romevc.ledger.errors import NotARepositoryError
-from romevc.porcelain.errors import RepoError
+from romevc.porcelain.errors import BaseMismatchError, RepoError
 
 DOT_DIR, CONFIG_FILE = ".romevc", "config.json"
 CONFIG_FORMAT = 1
@@ -63,3 +65,48 @@ def clock(time: int | None, tz: int | None) -> tuple[int, int]:
         now = _time.time()
         return int(now), int(tz if tz is not None else _time.localtime(now).tm_gmtoff)
     return int(time), int(tz or 0)
+
+
+def repo_info(loaded, *, created: int) -> RepoInfo:
+    """The ledger's repo row for a loaded base: id (a local folder made absolute, so the
+    repository works from any folder), pinned revision, family, dtype, fingerprint, module."""
+    from romevc.model import DEMO_ALIASES
+
+    base_id = loaded.spec.id
+    if base_id.lower() not in DEMO_ALIASES and Path(base_id).expanduser().exists():
+        base_id = str(Path(base_id).expanduser().resolve())
+    arch = loaded.architecture
+    return RepoInfo(base_id=base_id, architecture=arch.family, dtype=str(loaded.dtype).removeprefix("torch."),
+                    base_fingerprint=loaded.fingerprint, module_template=arch.module_template(), layout=arch.layout,
+                    revision=loaded.revision or loaded.spec.revision, created=created)
+
+
+def create(root: Path, info: RepoInfo, config: RepoConfig, initial_branch: str = "main") -> tuple[Ledger, RepoConfig]:
+    """Make ``root/.romevc``: the ledger (or join the shared one at ``config.ledger``) and the config.
+
+    Paths in the config are made absolute. On any failure a ``.romevc`` made here is removed.
+    """
+    def absolute(p: str | None) -> str | None:
+        return str(Path(p).expanduser().resolve()) if p and Path(p).expanduser().exists() else p
+
+    config = replace(config, stats_corpus=absolute(config.stats_corpus),
+                     stats_root=str(Path(config.stats_root).expanduser().resolve()) if config.stats_root else None)
+    dot = root / DOT_DIR
+    made_dot = not dot.exists()
+    dot.mkdir(parents=True, exist_ok=True)
+    try:
+        try:
+            ledger = Ledger.create(config.ledger or default_url(root), info, initial_branch=initial_branch)
+        except LedgerExistsError:
+            if config.ledger is None:
+                raise
+            ledger = Ledger(config.ledger)  # joining a shared ledger
+            if ledger.repo_info().base_fingerprint != info.base_fingerprint:
+                ledger.close()
+                raise BaseMismatchError(f"the ledger at {config.ledger} belongs to another base; pass the same --base")
+        config.write(dot / CONFIG_FILE)
+    except BaseException:
+        if made_dot:
+            shutil.rmtree(dot, ignore_errors=True)
+        raise
+    return ledger, config

@@ -21,6 +21,8 @@ from romevc.porcelain.reports import BlameLine, EditSummary, MergeResult, Recomp
 if TYPE_CHECKING:
     from romevc.repo import Repo
 
+KIND_REBASE = "rebase"  # a commit that recomputes stale edits
+
 def decorations(ledger: Ledger) -> dict[str, list[str]]:
     """commit id -> labels as git prints them: ``HEAD -> main``, ``tag: v1``, ``feature``."""
     head = ledger.head()
@@ -141,6 +143,19 @@ def merge_into(repo: "Repo", ref: str, *, resolve: str | None = None, recompute:
                        conflicts=plan.conflicts, stale=tuple(EditSummary.of(r, True) for r, s in zip(result, stale) if s),
                        recomputed=tuple(pairs))
 
+
+
+def recompute_head(repo: "Repo", *, author: str | None, time: int | None, tz: int | None) -> MergeResult:
+    """One commit on HEAD's branch that recomputes HEAD's stale edits where they sit."""
+    branch, head = repo._branch_head()
+    if head is None:
+        raise NothingToDoError("no commits yet; nothing to rebase")
+    result, pairs = recompute_stale(repo.info.base_fingerprint, repo.records(head), repo.recompute)
+    if not pairs:
+        raise NothingToDoError("no stale edits at HEAD; nothing to rebase")
+    commit = repo._commit([head], result, f"Recompute {len(pairs)} stale edit(s)", KIND_REBASE, author, time, tz)
+    repo._write(branch, head, result, [commit])
+    return MergeResult("rebase", commit.id, recomputed=tuple(pairs))
 
 
 # -- rebase onto another commit ------------------------------------------------------------------------
