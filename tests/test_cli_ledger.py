@@ -123,6 +123,7 @@ def test_edit_batch_and_a_bad_line(run, repo_dir, tmp_path):
     with Repo.open(repo_dir) as repo:
         assert len(repo.log()) == 2
     assert run("edit", code=2).exit_code == 2  # neither a request nor --batch
+    assert "--batch takes its requests" in run("edit", "--batch", str(good), "-m", "x", code=2).output
 
 
 def test_log_oneline_full_and_json(run, repo_dir):

@@ -166,6 +166,8 @@ def edit(prompt, subject, target_new, target_true, method, layer, seed, message,
     overrides = {"method": method, "layer": layer, "seed": seed}
     if batch_file is None and not (prompt and subject and target_new):
         raise click.UsageError("give --prompt, --subject and --target (or --batch FILE)")
+    if batch_file is not None and (prompt or subject or target_new or message):
+        raise click.UsageError("--batch takes its requests and messages from the file; drop --prompt/--subject/--target/-m")
     try:
         repo = Repo.open(repo_path)
     except NotARepositoryError:
