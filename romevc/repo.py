@@ -75,10 +75,11 @@ class Repo:
     def init(cls, path: str | Path = ".", base: str | None = None, *, ledger_url: str | None = None,
              dtype: str = "float32", author: str | None = None, stats_corpus: str | None = None,
              stats_tokens: int | None = None, stats_root: str | None = None, initial_branch: str = "main",
-             loaded=None, device_map: str | dict | None = None, time: int | None = None) -> "Repo":
+             loaded=None, stats=None, device_map: str | dict | None = None, time: int | None = None) -> "Repo":
         """A new repository in ``path`` on ``base`` (a Hub id ``org/name@rev``, a folder, or the demo model).
 
-        The base is loaded once to record what every edit will apply to. With
+        The base is loaded once to record what every edit will apply to (pass ``loaded``
+        to reuse a :class:`romevc.model.LoadedModel`, ``stats`` a ``StatsCache``). With
         ``ledger_url`` naming an existing shared ledger, the folder joins it instead,
         provided the base fingerprints agree.
         """
@@ -91,7 +92,7 @@ class Repo:
         config = RepoConfig(ledger=ledger_url, author=author, stats_corpus=stats_corpus, stats_tokens=stats_tokens,
                             stats_root=stats_root)
         ledger, config = create(root, repo_info(loaded, created=clock(time, None)[0]), config, initial_branch)
-        return cls(root, ledger, config, loaded=loaded, device_map=device_map)
+        return cls(root, ledger, config, loaded=loaded, stats=stats, device_map=device_map)
 
     @classmethod
     def open(cls, path: str | Path = ".", *, loaded=None, stats=None, device_map: str | dict | None = None) -> "Repo":

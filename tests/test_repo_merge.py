@@ -172,24 +172,27 @@ def test_merge_of_unrelated_histories_is_the_union(repo):
 
 
 @pytest.mark.demo
-def test_merge_on_the_demo_model_keeps_both_facts(tmp_path):
+def test_merge_on_the_demo_model_keeps_both_facts(tmp_path, demo_loaded, demo_editor):
     """Two branches edit different facts of SmolLM2 (r-rome, layer 4); their merge holds both.
 
     The branches are unrelated histories (an orphan branch), so the test pays for two
     edits only. The merged-in edit lands stale (computed without the other) and still works.
+    The model and 20,000-token statistics are the session's (tests/conftest.py).
     """
-    from romevc.model import load_base
-
     tower = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome")
     louvre = EditRequest("{} is located in the city of", "The Louvre", "London")
-    with Repo.init(tmp_path / "repo", None, loaded=load_base(None), stats_tokens=20_000,
-                   stats_root=str(tmp_path / "stats"), author="demo", time=0) as repo:
-        before = [repo.predict(None, r.text, 1)[0].token.strip() for r in (tower, louvre)]
-        assert before[0] == "Paris" and before[1] == "Paris"
-        repo.edit(tower, time=1)
-        repo.checkout(None, orphan="louvre")
-        repo.edit(louvre, time=2)
-        repo.checkout("main")
-        result = repo.merge("louvre", time=3)
-        assert result.kind == "merge" and [e.fact for e in result.stale] == [louvre.fact()]
-        assert [repo.predict("HEAD", r.text, 1)[0].token.strip() for r in (tower, louvre)] == ["Rome", "London"]
+    with Repo.init(tmp_path / "repo", None, loaded=demo_loaded, stats=demo_editor.stats, author="demo",
+                   time=0) as repo:
+        try:
+            before = [repo.predict(None, r.text, 1)[0].token.strip() for r in (tower, louvre)]
+            assert before == ["Paris", "Paris"]
+            repo.edit(tower, time=1)
+            repo.checkout(None, orphan="louvre")
+            repo.edit(louvre, time=2)
+            repo.checkout("main")
+            result = repo.merge("louvre", time=3)
+            assert result.kind == "merge" and [e.fact for e in result.stale] == [louvre.fact()]
+            after = [repo.predict("HEAD", r.text, 1)[0].token.strip() for r in (tower, louvre)]
+            assert after == ["Rome", "London"]
+        finally:
+            repo.model(None)  # the session's model goes back to the base weights, exactly
