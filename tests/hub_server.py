@@ -73,6 +73,7 @@ class HubState:
         self.repos: dict[str, HubRepo] = {}
         self.bytes_in = 0  # request bodies received (what clients uploaded)
         self.requests: list[tuple[str, str]] = []
+        self.authorizations: list[str] = []  # Authorization headers received (tests check tokens travel)
         self._counter = itertools.count()
 
     def new_commit(self, repo: HubRepo, parent: str | None, files: dict[str, bytes], message: str) -> str:
@@ -166,6 +167,8 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.state
         with state.lock:
             state.requests.append((self.command, url.path))
+            if self.headers.get("Authorization"):
+                state.authorizations.append(self.headers["Authorization"])
         body = self._body() if self.command in ("POST", "PUT", "DELETE") else b""
         try:
             if parts[:1] == ["api"]:
