@@ -278,7 +278,8 @@ def push(repo, name: str, branch: str | None = None, *, materialize: bool = Fals
     with _opened(record.url, remote, endpoint) as r, _scratch() as scratch:
         if materialize:
             return _push_checkpoint(repo, name, branch, tip, r, scratch, message)
-        revision = r.refs().branches.get(branch)
+        refs = r.refs()
+        revision = refs.branches.get(branch)
         manifest = _remote_manifest(r, revision, scratch) if revision else None
         if manifest is not None:
             check_base(manifest.base, ledger.repo_info())
@@ -301,7 +302,7 @@ def push(repo, name: str, branch: str | None = None, *, materialize: bool = Fals
             revision = r.publish(branch, out, parent=revision, message=message or _message(ledger, tip, branch),
                                  author=head.author, time=head.time, tz=head.tz)
             status = "created" if theirs is None else "fast-forward"
-        tags = tuple(t for t in at_tip if r.tag(t, revision))
+        tags = tuple(t for t in at_tip if refs.tags.get(t) != revision and r.tag(t, revision))  # the new ones
     with ledger.transaction():
         ledger.update_ref(tracking_ref(name, branch), tip, ANY)
         ledger.set_remote_seen(name, branch, tip)
