@@ -223,7 +223,8 @@ class _Handler(BaseHTTPRequestHandler):
                                                                                  sorted(commit.files)]})
             op, arg = rest[0], "/".join(rest[1:])
             if op == "refs" and method == "GET":
-                refs = lambda kind, d: [{"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": t} for n, t in sorted(d.items())]
+                def refs(kind: str, d: dict[str, str]) -> list[dict[str, str]]:
+                    return [{"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": t} for n, t in sorted(d.items())]
                 return self._json(200, {"branches": refs("heads", repo.branches), "converts": [],
                                         "tags": refs("tags", repo.tags), "pullRequests": []})
             if op == "tree" and method == "GET":

@@ -26,7 +26,8 @@ def hub(monkeypatch):
 
     with HubServer() as server:  # what HF_ENDPOINT=<server> sets when huggingface_hub is imported
         monkeypatch.setattr(constants, "ENDPOINT", server.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+        template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
         yield server
 
 
@@ -99,7 +100,8 @@ def test_a_refused_push_is_one_error_line(run, hub, copy, tiny):
     theirs.edit(D, time=4)
     run("push", "--repo", str(ours.root))
     result = run("push", "--repo", str(theirs.root), code=1)
-    assert result.output == (f"error: the remote branch origin/main moved: it is at {ours.ledger.resolve('main')[:12]}, "
+    tip = ours.ledger.resolve("main")[:12]
+    assert result.output == (f"error: the remote branch origin/main moved: it is at {tip}, "
                              "which your main does not contain; fetch and merge first (`romevc pull origin main`), "
                              "then push\n")
     fetched = json.loads(run("fetch", "--json", "--repo", str(theirs.root)).stdout)

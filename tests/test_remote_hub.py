@@ -144,7 +144,8 @@ def test_a_push_is_one_commit_with_the_card_and_tags_are_hub_tags(hub, pushed):
     source, _ = pushed
     repo = hub.state.repos["org/edits"]
     assert set(hub.state.files("org/edits")) == {".gitattributes", "README.md", "romevc.json", "edits.safetensors"}
-    assert [p for m, p in hub.state.requests if m == "POST" and "/commit/" in p] == ["/api/models/org/edits/commit/main"]
+    commits = [p for m, p in hub.state.requests if m == "POST" and "/commit/" in p]
+    assert commits == ["/api/models/org/edits/commit/main"]
     assert repo.tags == {"v1": repo.branches["main"]}
     card = ModelCard(hub.state.files("org/edits")["README.md"].decode())
     assert card.data.library_name == "romevc" and "Tomas Varek lives in the city of | Rome" in card.text

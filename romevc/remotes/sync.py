@@ -179,7 +179,8 @@ def _contains(ledger: Ledger, tip: str, other: str) -> bool:
 
 # -- fetch ---------------------------------------------------------------------------------------------------
 
-def _import(ledger: Ledger, name: str, branch: str, revision: str, editset: EditSet) -> tuple[FetchedBranch, list, list]:
+def _import(ledger: Ledger, name: str, branch: str, revision: str,
+            editset: EditSet) -> tuple[FetchedBranch, list[str], list[str]]:
     """Store a verified edit set and move the remote-tracking ref (inside the caller's transaction)."""
     tip = editset.manifest.branches[branch]
     old = ledger.get_ref(tracking_ref(name, branch))
@@ -208,7 +209,8 @@ def _fetch_into(repo, name: str, remote: Remote, refs: RemoteRefs, wanted: list[
     for branch in wanted:
         revision = refs.branches.get(branch)
         if revision is None:
-            raise RemoteRefError(f"{name} has no branch {branch!r}; its branches: {', '.join(sorted(refs.branches)) or 'none'}")
+            known = ", ".join(sorted(refs.branches)) or "none"
+            raise RemoteRefError(f"{name} has no branch {branch!r}; its branches: {known}")
         editset = _remote_editset(remote, revision, scratch)
         if editset is None or branch not in editset.manifest.branches:
             if explicit:
