@@ -149,6 +149,7 @@ def test_a_push_is_one_commit_with_the_card_and_tags_are_hub_tags(hub, pushed):
     assert repo.tags == {"v1": repo.branches["main"]}
     card = ModelCard(hub.state.files("org/edits")["README.md"].decode())
     assert card.data.library_name == "romevc" and "Tomas Varek lives in the city of | Rome" in card.text
+    assert "romevc clone hf://org/edits edits" in card.text
     source.checkout("HEAD", create="feature")
     source.edit(C, time=3)
     assert sync.push(source, "origin", endpoint=hub.url).status == "created"

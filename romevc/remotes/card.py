@@ -62,8 +62,8 @@ def _render(base: "BaseRef", *, relation: str, library: str, body: str, extra_ta
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
 
 
-def editset_card(editset: "EditSet") -> str:
-    """The README.md of a published edit set."""
+def editset_card(editset: "EditSet", url: str | None = None) -> str:
+    """The README.md of a published edit set (``url``: where it is published, for the usage lines)."""
     m = editset.manifest
     head = m.head
     facts = editset.edits_of(head) if head else []
@@ -79,7 +79,7 @@ def editset_card(editset: "EditSet") -> str:
         "## Facts changed\n\n" + facts_table(facts) + "\n"
         "## Use\n\n"
         "```bash\n"
-        "romevc clone hf://<this repository> edits     # a repository on the same base, checked out\n"
+        f"romevc clone {url or 'hf://ORG/NAME'} edits   # a repository on the same base, checked out\n"
         "romevc export HEAD --format peft --out adapter  # a LoRA adapter that peft loads without romevc\n"
         "```\n"
     )

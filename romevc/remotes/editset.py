@@ -127,13 +127,13 @@ def tensors_bytes(editset: EditSet) -> bytes:
                                    "base_fingerprint": base.fingerprint})
 
 
-def write_files(editset: EditSet, folder: Path, *, card: bool = True) -> list[str]:
-    """Write the edit set's files into an existing folder; returns their names."""
+def write_files(editset: EditSet, folder: Path, *, card: bool = True, url: str | None = None) -> list[str]:
+    """Write the edit set's files into an existing folder; returns their names (``url``: for the card)."""
     from romevc.remotes.card import editset_card
 
     files = {MANIFEST: manifest_bytes(editset), TENSORS: tensors_bytes(editset)}
     if card:
-        files[CARD] = editset_card(editset).encode("utf-8")
+        files[CARD] = editset_card(editset, url).encode("utf-8")
     for name, data in files.items():
         paths.atomic_write_bytes(folder / name, data)
     return sorted(files)

@@ -298,7 +298,7 @@ def push(repo, name: str, branch: str | None = None, *, materialize: bool = Fals
         else:
             out = scratch / "publish"
             out.mkdir()
-            write_files(editset, out)
+            write_files(editset, out, url=record.url)
             size = sum(p.stat().st_size for p in out.iterdir())
             head = ledger.get_commit(tip)
             revision = r.publish(branch, out, parent=revision, message=message or _message(ledger, tip, branch),
@@ -318,8 +318,9 @@ def _push_checkpoint(repo, name: str, branch: str, tip: str, remote: Remote, scr
 
     revision = remote.refs().branches.get(branch)
     if revision and MANIFEST in _published_names(remote, revision):
-        raise RemoteError(f"{name}/{branch} holds a romevc edit set; publish the full checkpoint to another "
-                          "remote or branch (`romevc push --materialize REMOTE OTHER-BRANCH`)")
+        raise RemoteError(f"{name}/{branch} holds a romevc edit set; publish the full checkpoint to a remote of "
+                          "its own (`romevc remote add models hf://ORG/NAME-full`, then `romevc push models "
+                          "--materialize`)")
     out = export(repo, tip, scratch / "checkpoint", "full")
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     head = repo.ledger.get_commit(tip)
