@@ -119,3 +119,21 @@ def test_push_to_and_clone_from_a_bare_git_repository(run, copy, tmp_path):
     assert out.startswith(f"Cloned {tmp_path / 'shared.git'} into {tmp_path / 'mine'}: main at "
                           f"{source.ledger.resolve('main')[:7]} (2 edit(s) on ")
     assert os.path.isdir(tmp_path / "mine" / ".romevc")
+
+
+def test_export_formats(run, copy, tmp_path):
+    from romevc.cli.ledger_commands import export
+
+    if "fmt" not in {p.name for p in export.params}:
+        pytest.skip("`export --format` is not merged into romevc/cli/ledger_commands.py yet")
+    repo = copy("repo")
+    tip = repo.ledger.resolve("main")[:7]
+    out = run("export", "main", "--format", "peft", "--out", str(tmp_path / "lora"), "--repo", str(repo.root)).stdout
+    assert out == f"Exported {tip} (2 edit(s)) to {tmp_path / 'lora'} as peft\n"
+    assert (tmp_path / "lora" / "adapter_config.json").is_file()
+    data = json.loads(run("export", "v1", "--format", "romevc", "--out", str(tmp_path / "set"), "--json",
+                          "--repo", str(repo.root)).stdout)
+    assert data["format"] == "romevc" and (tmp_path / "set" / "romevc.json").is_file()
+    assert run("export", "main", "--out", str(tmp_path / "full"), "--repo", str(repo.root)).stdout == \
+        f"Exported {tip} (2 edit(s)) to {tmp_path / 'full'}\n"
+    assert (tmp_path / "full" / "README.md").is_file()  # the full checkpoint carries its model card

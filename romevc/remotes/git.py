@@ -105,7 +105,7 @@ class GitRemote:
         repo = self._local()
         try:
             return repo.commit(revision)
-        except (ValueError, Exception):  # noqa: BLE001 - gitdb raises several types for a missing object
+        except Exception:  # noqa: BLE001 - gitpython/gitdb raise several types for a missing object
             pass
         self._run("fetch", "fetch", "--quiet", "--no-tags", self.url, "+refs/heads/*:refs/remotes/origin/*",
                   "+refs/tags/*:refs/tags/*")

@@ -270,7 +270,7 @@ def push(repo, name: str, branch: str | None = None, *, materialize: bool = Fals
     holds commits this branch does not contain, or moves while the push is under way.
     """
     ledger: Ledger = repo.ledger
-    branch = branch or ledger.head().branch
+    branch = (branch or ledger.head().branch or "").removeprefix("refs/heads/") or None
     if branch is None:
         raise RemoteRefError("HEAD is detached: name the branch to push (`romevc push REMOTE BRANCH`)")
     local = ledger.get_ref(branch_ref(branch))
