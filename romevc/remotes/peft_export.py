@@ -16,6 +16,7 @@ tensors are named as peft saves them: ``base_model.model.<module>.lora_{A,B}.wei
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -62,6 +63,15 @@ def lora_config(records: Sequence[EditRecord], ranks: dict[str, int], *, base_id
     )
 
 
+def _sort_target_modules(path: Path) -> None:
+    """peft keeps ``target_modules`` as a set, so it writes them in hash order: sort them, so the
+    same commit always exports the same bytes."""
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    paths.atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def export_peft(repo, ref: str, out: str | Path, *, force: bool = False) -> Path:
     """Write ``ref``'s edit set as a LoRA adapter folder (config, safetensors, model card)."""
     from safetensors.numpy import save
@@ -80,6 +90,7 @@ def export_peft(repo, ref: str, out: str | Path, *, force: bool = False) -> Path
     config = lora_config(records, ranks, base_id=info.base_id, revision=info.revision)
     with paths.staging_dir(out) as staging:
         config.save_pretrained(str(staging))
+        _sort_target_modules(staging / CONFIG_FILE)
         paths.atomic_write_bytes(staging / WEIGHTS_FILE, save(tensors, metadata={"format": "pt"}))
         paths.atomic_write_text(staging / "README.md", adapter_card(BaseRef.of(info), records, commit))
     return out
