@@ -545,19 +545,25 @@ def tag(name, ref, delete, repo, as_json):
 @click.command()
 @click.argument("ref")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write (must not hold files).")
+@click.option("--format", "fmt", type=click.Choice(["full", "peft", "romevc"]), default="full", show_default=True,
+              help="full: a transformers checkpoint with its model card; peft: a LoRA adapter that "
+                   "PeftModel.from_pretrained loads; romevc: the published edit-set folder.")
 @click.option("--force", is_flag=True, help="Replace an existing folder.")
 @json_option
 @guarded
 @with_repo
-def export(ref, out, force, repo, as_json):
-    """Write REF's weights as a plain transformers checkpoint (safetensors) in --out.
+def export(ref, out, fmt, force, repo, as_json):
+    """Write REF as a transformers checkpoint (default), a PEFT LoRA adapter or an edit-set folder in --out.
 
-    Example: romevc export main --out edited-model
+    Example: romevc export main --format peft --out edits-lora
     """
-    folder = repo.export(ref, out, force=force)
+    from romevc.remotes.exports import export as export_as
+
+    folder = export_as(repo, ref, out, fmt, force=force)
     commit = repo.ledger.resolve(ref)
-    data = {"commit": commit, "out": str(folder), "edits": len(repo.ledger.edit_ids_of(commit))}
-    emit(data, as_json, lambda d: f"Exported {d['commit'][:SHORT]} ({d['edits']} edit(s)) to {d['out']}")
+    data = {"commit": commit, "out": str(folder), "format": fmt, "edits": len(repo.ledger.edit_ids_of(commit))}
+    emit(data, as_json, lambda d: f"Exported {d['commit'][:SHORT]} ({d['edits']} edit(s)) to {d['out']}"
+                                  + ("" if d["format"] == "full" else f" as {d['format']}"))
 
 
 @click.command()
