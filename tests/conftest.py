@@ -49,7 +49,8 @@ def demo_editor(demo_loaded, tmp_path_factory):
     from romevc.editing.stats import StatsCache
     from romevc.editor import Editor
 
-    stats = StatsCache(root=tmp_path_factory.mktemp("demo-stats"), n_tokens=20_000, progress=False)
+    # The session's cache root: `romevc demo --stats-tokens 20000` in the CLI test reuses these statistics.
+    stats = StatsCache(n_tokens=20_000, progress=False)
     return Editor(demo_loaded, stats)
 
 
