@@ -62,3 +62,17 @@ def tiny_tokenizer():
 
 def seeded(seed: int = 0) -> None:
     torch.manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Two shared cores: one torch thread is both faster and reproducible there."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_gpt2):
+    return tiny_gpt2

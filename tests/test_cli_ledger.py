@@ -10,38 +10,19 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from romevc.cli import cli
 from romevc.cli.ledger_commands import COMMANDS
 from romevc.editing.request import EditRequest
 from romevc.repo import Repo
+from tests.tiny_facts import FIXTURE, A, B, C, fact
 
-FIXTURE = Path(__file__).parent / "fixtures" / "tiny-gpt2"
-FACTS = json.loads((FIXTURE / "facts.json").read_text())
-
-
-def fact(subject: str, relation: str = "city", target: str = "Rome") -> EditRequest:
-    f = next(f for f in FACTS if f["subject"] == subject and f["relation"] == relation)
-    return EditRequest(f["prompt"], subject, target)
-
-
-A = fact("Tomas Varek", target="Rome")
-B = fact("Ines Zatok", target="Paris")
-C = fact("Pavel Tupok", target="Oslo")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def edit_args(request: EditRequest) -> list[str]:
     return ["edit", "--prompt", request.prompt, "--subject", request.subject, "--target", request.target_new]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture()

@@ -14,7 +14,9 @@ from romevc.porcelain.errors import ExportError, NothingToDoError
 from romevc.remotes.editset import read_editset
 from romevc.remotes.exports import export
 from romevc.remotes.peft_export import CONFIG_FILE, WEIGHTS_FILE
-from test_remote import FIXTURE, C, _one_thread, copy, seeded, state, tiny  # noqa: F401 - fixtures
+from test_remote import FIXTURE, C, copy, seeded, state  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROMPTS = ["Tomas Varek lives in the city of", "Ines Zatok lives in the city of", "Pavel Tupok lives in the city of"]
 

@@ -8,7 +8,6 @@ to seconds. The other ``test_remote_*`` modules import these fixtures.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -18,34 +17,16 @@ import pytest
 import torch
 
 from hub_server import HubServer
-from romevc.editing.request import EditRequest
 from romevc.remotes import sync
 from romevc.remotes.errors import RemoteMovedError, RemoteRefError
 from romevc.remotes.protocol import MemoryRemote, Remote, open_remote
 from romevc.repo import Repo
+from tests.tiny_facts import AUTHOR, FIXTURE, A, B, C, D
 
-FIXTURE = Path(__file__).parent / "fixtures" / "tiny-gpt2"
-FACTS = json.loads((FIXTURE / "facts.json").read_text())
-AUTHOR = "Ada <ada@example.org>"
-
-
-def fact(subject: str, target: str) -> EditRequest:
-    f = next(f for f in FACTS if f["subject"] == subject and f["relation"] == "city")
-    return EditRequest(f["prompt"], subject, target)
-
-
-A, B = fact("Tomas Varek", "Rome"), fact("Ines Zatok", "Paris")
-C, D = fact("Pavel Tupok", "Oslo"), fact("Maria Lital", "Lima")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- repositories -------------------------------------------------------------------------------------------
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
@@ -54,13 +35,6 @@ def _hub_online(monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    from romevc.model import load_base
-
-    return load_base(str(FIXTURE))
 
 
 @pytest.fixture(scope="module")

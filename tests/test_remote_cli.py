@@ -17,7 +17,9 @@ from romevc.cli import cli
 from romevc.cli.remote_commands import COMMANDS
 from romevc.remotes import sync
 from romevc.repo import Repo
-from test_remote import C, D, _hub_online, _one_thread, copy, seeded, tiny  # noqa: F401 - fixtures
+from test_remote import C, D, _hub_online, copy, seeded  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()

@@ -13,9 +13,9 @@ import pytest
 
 from romevc.remotes import sync
 from romevc.remotes.errors import EditSetHashError, UnsafeEditSetError
-from test_remote import (  # noqa: F401 - fixtures
-    C, _hub_online, _one_thread, assert_same_weights, copy, init_options, seeded, snapshot, state, tiny,
-)
+from test_remote import C, _hub_online, assert_same_weights, copy, init_options, seeded, snapshot, state  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def git(cwd: Path, *args: str) -> str:

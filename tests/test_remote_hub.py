@@ -19,9 +19,10 @@ from romevc.remotes.errors import (
 from romevc.remotes.hub import HubRemote
 from romevc.repo import Repo
 from test_remote import (  # noqa: F401 - fixtures
-    FIXTURE, A, C, D, _hub_online, _one_thread, assert_same_weights, copy, init_options, seeded, snapshot, state,
-    tiny,
+    FIXTURE, A, C, D, _hub_online, assert_same_weights, copy, init_options, seeded, snapshot, state,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 URL = "hf://org/edits"
 

@@ -23,36 +23,9 @@ from romevc.porcelain.errors import (
 )
 from romevc.porcelain.materialize import weights_fingerprint_of
 from romevc.repo import Repo
+from tests.tiny_facts import AUTHOR, FIXTURE, A, B, C
 
-FIXTURE = Path(__file__).parent / "fixtures" / "tiny-gpt2"
-FACTS = json.loads((FIXTURE / "facts.json").read_text())
-AUTHOR = "Ada <ada@example.org>"
-
-
-def fact(subject: str, relation: str = "city", target: str = "Rome") -> EditRequest:
-    f = next(f for f in FACTS if f["subject"] == subject and f["relation"] == relation)
-    return EditRequest(f["prompt"], subject, target)
-
-
-A = fact("Tomas Varek", target="Rome")
-B = fact("Ines Zatok", target="Paris")
-C = fact("Pavel Tupok", target="Oslo")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two shared cores: one torch thread is both faster and reproducible here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    from romevc.model import load_base
-
-    return load_base(str(FIXTURE))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()

@@ -5,44 +5,16 @@ model, as the ledger issue asks (about a minute on two CPU cores).
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
-import torch
 
 from romevc.editing.request import EditRequest
 from romevc.porcelain.errors import MergeConflictError, NothingToDoError
 from romevc.porcelain.merge import key_cosine, plan_merge
 from romevc.repo import Repo
+from tests.tiny_facts import FIXTURE, A, B, C, fact
 
-FIXTURE = Path(__file__).parent / "fixtures" / "tiny-gpt2"
-FACTS = json.loads((FIXTURE / "facts.json").read_text())
-
-
-def fact(subject: str, relation: str = "city", target: str = "Rome") -> EditRequest:
-    f = next(f for f in FACTS if f["subject"] == subject and f["relation"] == relation)
-    return EditRequest(f["prompt"], subject, target)
-
-
-A = fact("Tomas Varek", target="Rome")
-B = fact("Ines Zatok", target="Paris")
-C = fact("Pavel Tupok", target="Oslo")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    from romevc.model import load_base
-
-    return load_base(str(FIXTURE))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()
