@@ -11,6 +11,7 @@ from typing import Sequence
 
 import torch
 
+from romevc.editing.forward import pad_rows
 from romevc.editing.rome import target_token_ids
 
 
@@ -40,13 +41,8 @@ def target_nll(model: torch.nn.Module, tokenizer, prompts: Sequence[str], target
         ids = target_token_ids(tokenizer, prompt, target)
         rows.append(prompt_ids + ids)
         spans.append((len(prompt_ids), len(ids)))
-    width = max(map(len, rows))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(input_ids)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
+    input_ids, mask = pad_rows(rows, pad)
     log_probs = torch.log_softmax(
         model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False).logits.float(), -1
     )

@@ -26,13 +26,19 @@ class PromptBatch:
     subject_positions: torch.Tensor  # (batch,)
 
 
-def pad_batch(rows: Sequence[list[int]], positions: Sequence[int], pad_id: int) -> PromptBatch:
+def pad_rows(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, attention_mask), each (batch, longest row)."""
     width = max(map(len, rows))
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
         ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def pad_batch(rows: Sequence[list[int]], positions: Sequence[int], pad_id: int) -> PromptBatch:
+    ids, mask = pad_rows(rows, pad_id)
     return PromptBatch(ids, mask, torch.tensor(list(positions), dtype=torch.long))
 
 

@@ -24,6 +24,7 @@ from romevc import paths
 from romevc.architectures import architecture_for, check_layer
 from romevc.corpus import Corpus, open_corpus
 from romevc.editing.delta import base_fingerprint, base_weights
+from romevc.editing.forward import pad_rows
 from romevc.errors import CorpusError, StatsError
 
 log = logging.getLogger(__name__)
@@ -101,22 +102,12 @@ def _batches(chunks: Iterator[list[int]], n_tokens: int, pad_id: int):
         batch.append(piece)
         taken += len(piece)
         if sum(map(len, batch)) >= BATCH_TOKENS or taken >= n_tokens:
-            yield _pad(batch, pad_id)
+            yield pad_rows(batch, pad_id)
             batch = []
         if taken >= n_tokens:
             return
     if batch:
-        yield _pad(batch, pad_id)
-
-
-def _pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, batch))
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, piece in enumerate(batch):
-        ids[row, : len(piece)] = torch.tensor(piece)
-        mask[row, : len(piece)] = 1
-    return ids, mask
+        yield pad_rows(batch, pad_id)
 
 
 @torch.no_grad()
