@@ -1,7 +1,7 @@
 """From ledger records to weights: deltas, weight fingerprints, staleness, and the model cache.
 
-A commit's weights are the pristine base plus the deltas of its edit set, in order,
-accumulated in float32 (:func:`romevc.editing.delta.apply`). The same edit set therefore
+A commit's weights are the pristine base plus the sum of its edit set's deltas, formed
+in float64 from the ordered list (:func:`romevc.editing.delta.apply`). The same edit set therefore
 gives bit-identical weights whatever path led there, which makes revert exact.
 
 Every edit records the fingerprint of the weights it was computed against:
