@@ -76,3 +76,20 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny(tiny_gpt2):
     return tiny_gpt2
+
+
+@pytest.fixture()
+def invoke_cli(monkeypatch, tmp_path):
+    """``invoke_cli(*args, code=0)`` runs ``romevc`` with a private cache and checks the exit code."""
+    from click.testing import CliRunner
+
+    from romevc.cli import cli
+
+    monkeypatch.setenv("ROMEVC_CACHE", str(tmp_path / "cache"))
+    runner = CliRunner()
+
+    def invoke(*args: str, code: int = 0):
+        result = runner.invoke(cli, list(args))
+        assert result.exit_code == code, (result.output, result.exception)
+        return result
+    return invoke

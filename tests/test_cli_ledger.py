@@ -26,18 +26,11 @@ def edit_args(request: EditRequest) -> list[str]:
 
 
 @pytest.fixture()
-def run(monkeypatch, tmp_path):
+def run(invoke_cli, monkeypatch, tmp_path):
     """``run(*args)`` invokes ``romevc`` in ``tmp_path/repo`` (created) with a private cache."""
-    monkeypatch.setenv("ROMEVC_CACHE", str(tmp_path / "cache"))
     (tmp_path / "repo").mkdir()
     monkeypatch.chdir(tmp_path / "repo")
-    runner = CliRunner()
-
-    def invoke(*args: str, code: int = 0):
-        result = runner.invoke(cli, list(args))
-        assert result.exit_code == code, (result.output, result.exception)
-        return result
-    return invoke
+    return invoke_cli
 
 
 @pytest.fixture()

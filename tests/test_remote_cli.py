@@ -10,10 +10,8 @@ import os
 import subprocess
 
 import pytest
-from click.testing import CliRunner
 
 from hub_server import HubServer
-from romevc.cli import cli
 from romevc.cli.remote_commands import COMMANDS
 from romevc.remotes import sync
 from romevc.repo import Repo
@@ -34,17 +32,10 @@ def hub(monkeypatch):
 
 
 @pytest.fixture()
-def run(monkeypatch, tmp_path):
+def run(invoke_cli, monkeypatch, tmp_path):
     """``run(*args, code=0)`` invokes ``romevc`` in ``tmp_path`` with a private cache."""
-    monkeypatch.setenv("ROMEVC_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    runner = CliRunner()
-
-    def invoke(*args: str, code: int = 0):
-        result = runner.invoke(cli, list(args))
-        assert result.exit_code == code, (result.output, result.exception)
-        return result
-    return invoke
+    return invoke_cli
 
 
 def test_every_remote_command_has_help_with_an_example(run):

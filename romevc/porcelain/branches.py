@@ -17,14 +17,18 @@ def branches(ledger: Ledger) -> list[BranchInfo]:
             for r in ledger.list_refs("refs/heads/")]
 
 
+def _create_ref(ledger: Ledger, ref_name: str, kind: str, name: str, start: str) -> BranchInfo:
+    """A new ref at ``start``; an existing name is refused, never moved."""
+    if ledger.get_ref(ref_name) is not None:
+        raise RepoError(f"a {kind} named {name!r} already exists")
+    commit = ledger.resolve(start)
+    ledger.update_ref(ref_name, commit, None)
+    return BranchInfo(name, commit, False)
+
+
 def branch(ledger: Ledger, name: str, start: str = "HEAD") -> BranchInfo:
     """A new branch at ``start`` (refuses an existing name)."""
-    ref = branch_ref(name)
-    if ledger.get_ref(ref) is not None:
-        raise RepoError(f"a branch named {name!r} already exists")
-    commit = ledger.resolve(start)
-    ledger.update_ref(ref, commit, None)
-    return BranchInfo(name, commit, False)
+    return _create_ref(ledger, branch_ref(name), "branch", name, start)
 
 
 def delete_branch(ledger: Ledger, name: str, *, force: bool = False) -> str:
@@ -78,12 +82,7 @@ def tags(ledger: Ledger) -> list[BranchInfo]:
 
 
 def tag(ledger: Ledger, name: str, ref: str = "HEAD") -> BranchInfo:
-    ref_name = tag_ref(name)
-    if ledger.get_ref(ref_name) is not None:
-        raise RepoError(f"a tag named {name!r} already exists")
-    commit = ledger.resolve(ref)
-    ledger.update_ref(ref_name, commit, None)
-    return BranchInfo(name, commit, False)
+    return _create_ref(ledger, tag_ref(name), "tag", name, ref)
 
 
 def delete_tag(ledger: Ledger, name: str) -> str:
