@@ -74,8 +74,11 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_gpt2):
-    return tiny_gpt2
+def tiny():
+    """A module's own copy of the tiny GPT-2: repositories leave their checkout applied to it."""
+    from romevc.model import load_base
+
+    return load_base(str(TINY_GPT2))
 
 
 @pytest.fixture()
