@@ -42,7 +42,7 @@ def pad_batch(rows: Sequence[list[int]], positions: Sequence[int], pad_id: int) 
     return PromptBatch(ids, mask, torch.tensor(list(positions), dtype=torch.long))
 
 
-class _StopForward(Exception):
+class StopForward(Exception):
     """Raised once everything needed has been captured: the layers above cannot matter."""
 
 
@@ -68,14 +68,14 @@ def capture_at_layer(model: torch.nn.Module, arch: Architecture, layer: int, bat
     def on_module(_module, inputs, output):
         found["keys"] = inputs[0][rows, batch.subject_positions].detach().float()
         found["values"] = output[rows, batch.subject_positions].detach().float()
-        raise _StopForward
+        raise StopForward
 
     block = model.get_submodule(arch.layer_prefix(layer))
     edited = model.get_submodule(arch.edited_module_name(layer))
     handles = [block.register_forward_pre_hook(on_layer, with_kwargs=True), edited.register_forward_hook(on_module)]
     try:
         model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device), use_cache=False)
-    except _StopForward:
+    except StopForward:
         pass
     finally:
         for handle in handles:

@@ -24,7 +24,7 @@ from romevc import paths
 from romevc.architectures import architecture_for, check_layer
 from romevc.corpus import Corpus, open_corpus
 from romevc.editing.delta import base_fingerprint, base_weights
-from romevc.editing.forward import pad_rows
+from romevc.editing.forward import StopForward, pad_rows
 from romevc.errors import CorpusError, StatsError
 
 log = logging.getLogger(__name__)
@@ -78,10 +78,6 @@ class SecondMoment:
         """C⁻¹ k for k of shape (d_in,) or (n, d_in), in float64 — never an explicit inverse."""
         rhs = k.to(torch.float64).reshape(-1, self.mom2.shape[0]).T  # (d_in, n)
         return torch.cholesky_solve(rhs, self.factor()).T.reshape(k.shape)
-
-
-class _Stop(Exception):
-    """Raised by the deepest hook: layers above it cannot change the statistics."""
 
 
 def _token_chunks(corpus: Corpus, tokenizer, chunk: int) -> Iterator[list[int]]:
@@ -139,7 +135,7 @@ def compute_second_moments(
             partial = (keys.T @ keys).double().cpu()  # float32 product per batch, float64 sum
             sums[layer] = partial if layer not in sums else sums[layer] + partial
             if layer == deepest:
-                raise _Stop
+                raise StopForward  # the layers above cannot change the statistics
         return hook
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -153,7 +149,7 @@ def compute_second_moments(
                 mask_flat[:] = [mask.reshape(-1).bool().to(device)]
                 try:
                     model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-                except _Stop:
+                except StopForward:
                     pass
                 count += int(mask.sum())
                 bar.update(int(mask.sum()))
