@@ -34,14 +34,27 @@ def main() -> None:
     parser.add_argument("--sequential", action="store_true")
     parser.add_argument("--tokens", type=int, default=None, help="statistics tokens (default 100,000)")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+    parser.add_argument("--records", type=Path, default=None,
+                        help="append one JSON line per edit (and per checkpoint) here as the run goes")
+    parser.add_argument("--checkpoint-every", type=int, default=0,
+                        help="with --sequential: also score the cases edited so far every this many edits")
     args = parser.parse_args()
 
     loaded = load_base(args.base)
     editor = Editor(loaded, StatsCache(n_tokens=args.tokens) if args.tokens else None)
     cases = load_dataset(args.data, args.n)
     print(f"base {loaded.spec}, {torch.get_num_threads()} threads", flush=True)
+    every = args.checkpoint_every
+    checkpoints = range(every, len(cases), every) if args.sequential and every > 0 else ()
+    records = args.records.open("a", encoding="utf-8") if args.records else None
+
+    def write_record(record: dict) -> None:
+        if records:
+            records.write(json.dumps(record) + "\n")
+            records.flush()
+
     report = run_evaluation(editor, cases, args.methods or ["r-rome", "rome"], args.layers or [editor.hparams().layer],
-                            sequential=args.sequential)
+                            sequential=args.sequential, checkpoints=checkpoints, on_record=write_record)
     print(render_report(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from statistics import mean
 from typing import Callable, Iterable, Sequence
@@ -168,6 +168,7 @@ class EvalRun:
     mean_delta_norm: float
     mean_relative_norm: float  # ‖ΔW‖ / ‖W‖
     neutral_nll: float  # after the edits (sequential) or averaged over single edits
+    checkpoints: list = field(default_factory=list)  # sequential: scores after the first n edits
     cases: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -193,27 +194,43 @@ def evaluate_unedited(editor, cases: Sequence, progress: bool = True) -> dict:
 
 
 def evaluate_edits(editor, cases: Sequence, hparams, *, sequential: bool = False,
-                   progress: bool = True) -> EvalRun:
+                   progress: bool = True, checkpoints: Sequence[int] = (),
+                   on_record: Callable[[dict], None] | None = None) -> EvalRun:
     """Edit each case and score it: one at a time from the base, or all in sequence.
 
     One at a time: edit, score, restore. Sequential: each edit is computed on the model
-    carrying all earlier edits, and every case is scored once at the end.
+    carrying all earlier edits, and every case is scored once at the end — and, at each
+    count in ``checkpoints``, the cases edited so far, to show where a method degrades.
+    ``on_record`` receives one JSON-able dict per edit and per checkpoint as they happen,
+    so a long run leaves its partial results behind.
     """
     from tqdm.auto import tqdm
 
     score, summary = _scoring(cases)
+    emit = on_record or (lambda record: None)
     editor.restore()
-    results, scores, fluency = [], [], []
-    for case in tqdm(cases, desc=f"{hparams.method} edits", disable=not progress, leave=False):
+    results, scores, fluency, reached = [], [], [], []
+    for index, case in enumerate(tqdm(cases, desc=f"{hparams.method} edits", disable=not progress, leave=False)):
         result = editor.compute(case.request, hparams)
         results.append(result)
+        record = {"kind": "edit", "method": hparams.method, "layer": hparams.layer, "index": index,
+                  "subject": case.request.subject, "seconds": result.seconds, "delta_norm": result.delta.norm()}
         if sequential:
             editor.apply(results)
+            if index + 1 in checkpoints:
+                so_far = [score(editor.model, editor.tokenizer, c) for c in cases[: index + 1]]
+                reached.append({"kind": "checkpoint", "method": hparams.method, "layer": hparams.layer,
+                                "edits": index + 1, "summary": summary(so_far),
+                                "neutral_nll": neutral_nll(editor.model, editor.tokenizer)})
         else:
             editor.apply([result])
             scores.append(score(editor.model, editor.tokenizer, case))
             fluency.append(neutral_nll(editor.model, editor.tokenizer))
+            record.update(scores=asdict(scores[-1]) if is_dataclass(scores[-1]) else scores[-1], neutral_nll=fluency[-1])
             editor.restore()
+        emit(record)
+        if reached and reached[-1]["edits"] == index + 1:
+            emit(reached[-1])
     if sequential:
         scores = [score(editor.model, editor.tokenizer, c) for c in cases]
         fluency.append(neutral_nll(editor.model, editor.tokenizer))
@@ -224,7 +241,7 @@ def evaluate_edits(editor, cases: Sequence, hparams, *, sequential: bool = False
         seconds_per_edit=mean(r.seconds for r in results) if results else float("nan"),
         mean_delta_norm=mean(r.delta.norm() for r in results) if results else float("nan"),
         mean_relative_norm=mean(r.delta.norm() for r in results) / weight_norm if results else float("nan"),
-        neutral_nll=mean(fluency) if fluency else float("nan"), cases=scores,
+        neutral_nll=mean(fluency) if fluency else float("nan"), checkpoints=reached, cases=scores,
     )
 
 
@@ -305,7 +322,8 @@ def load_dataset(path: str | Path, n: int | None = None) -> list:
 
 
 def run_evaluation(editor, cases: Sequence, methods: Sequence[str], layers: Sequence[int], *,
-                   sequential: bool = False, progress: bool = True) -> dict:
+                   sequential: bool = False, progress: bool = True, checkpoints: Sequence[int] = (),
+                   on_record: Callable[[dict], None] | None = None) -> dict:
     """The unedited model, then every (method, layer), on the same cases: one JSON-able report."""
     import time
 
@@ -317,7 +335,8 @@ def run_evaluation(editor, cases: Sequence, methods: Sequence[str], layers: Sequ
     for method in methods:
         for layer in layers:
             run = evaluate_edits(editor, cases, editor.hparams(method=method, layer=layer),
-                                 sequential=sequential, progress=progress)
+                                 sequential=sequential, progress=progress, checkpoints=checkpoints,
+                                 on_record=on_record)
             report["runs"].append(run.to_dict())
     report["seconds"] = time.perf_counter() - started
     return report
@@ -340,6 +359,9 @@ def render_report(report: dict) -> str:
     nan = float("nan")
     lines.append(row("unedited", "-", report["unedited"], nan, nan, nan, report["unedited_neutral_nll"]))
     for run in report["runs"]:
+        for point in run.get("checkpoints", []):
+            lines.append(row(f"{run['method']}@{point['edits']}", str(run["layer"]), point["summary"],
+                             nan, nan, nan, point["neutral_nll"]))
         lines.append(row(run["method"], str(run["layer"]), run["summary"], run["seconds_per_edit"],
                          run["mean_delta_norm"], run["mean_relative_norm"], run["neutral_nll"]))
     return "\n".join(lines)

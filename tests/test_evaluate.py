@@ -82,14 +82,19 @@ def _zsre_sample(tmp_path):
     return path
 
 
-def test_eval_command_on_the_tiny_model(tmp_path):
-    facts = json.loads((TINY_GPT2 / "facts.json").read_text())[:3]
+def _counterfact_file(tmp_path, facts):
     records = [{"case_id": i, "prompt": f["prompt"], "subject": f["subject"], "target_new": "Lima",
                 "ground_truth": f["target"], "rephrase_prompt": f["paraphrases"][0].format(f["subject"]),
                 "locality_prompt": facts[(i + 1) % 3]["prompt"].format(facts[(i + 1) % 3]["subject"]),
                 "locality_ground_truth": facts[(i + 1) % 3]["target"]} for i, f in enumerate(facts)]
     path = tmp_path / "cf.json"
     path.write_text(json.dumps(records))
+    return path
+
+
+def test_eval_command_on_the_tiny_model(tmp_path):
+    facts = json.loads((TINY_GPT2 / "facts.json").read_text())[:3]
+    path = _counterfact_file(tmp_path, facts)
     result = CliRunner().invoke(cli, ["eval", str(path), "--n", "3", "--method", "r-rome", "--layer", "1",
                                       "--tokens", "2000", "--base", str(TINY_GPT2), "--json"])
     assert result.exit_code == 0, result.output
@@ -100,3 +105,24 @@ def test_eval_command_on_the_tiny_model(tmp_path):
     text = CliRunner().invoke(cli, ["eval", str(path), "--n", "1", "--method", "r-rome", "--layer", "1",
                                     "--tokens", "2000", "--base", str(TINY_GPT2)])
     assert "counterfact: 1 records" in text.stdout and "unedited" in text.stdout
+
+
+def test_sequential_checkpoints_and_records_on_the_tiny_model(tmp_path):
+    """Sequential runs score the cases edited so far at each checkpoint and report every edit as it happens."""
+    from romevc.editing.stats import StatsCache
+    from romevc.editor import Editor
+    from romevc.evaluate import run_evaluation
+    from romevc.model import load_base
+
+    facts = json.loads((TINY_GPT2 / "facts.json").read_text())[:3]
+    cases = load_dataset(_counterfact_file(tmp_path, facts), 3)
+    editor = Editor(load_base(str(TINY_GPT2)), StatsCache(n_tokens=2000, root=tmp_path / "stats"))
+    records: list[dict] = []
+    report = run_evaluation(editor, cases, ["r-rome"], [1], sequential=True, checkpoints=[1, 2],
+                            on_record=records.append, progress=False)
+    run = report["runs"][0]
+    assert [p["edits"] for p in run["checkpoints"]] == [1, 2]
+    assert [p["summary"]["n"] for p in run["checkpoints"]] == [1, 2]
+    assert [r["kind"] for r in records] == ["edit", "checkpoint", "edit", "checkpoint", "edit"]
+    assert [r["index"] for r in records if r["kind"] == "edit"] == [0, 1, 2]
+    json.dumps(records)  # every record is JSON-able as it is written
