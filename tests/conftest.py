@@ -96,3 +96,13 @@ def invoke_cli(monkeypatch, tmp_path):
         assert result.exit_code == code, (result.output, result.exception)
         return result
     return invoke
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say which backends the ledger tests ran on, and why PostgreSQL did not when it did not."""
+    from tests import ledger_backends
+
+    line = ledger_backends.summary()
+    if line:
+        terminalreporter.write_sep("-", "ledger backends")
+        terminalreporter.write_line(line)

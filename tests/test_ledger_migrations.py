@@ -4,6 +4,9 @@
 foreign keys; the names of every constraint (check constraints included, which Alembic
 does not compare) are checked separately, because batch migrations on SQLite find
 constraints by name.
+
+Each test runs on a SQLite file and, when ROMEVC_TEST_POSTGRES_URL is set, on a fresh
+PostgreSQL database (``tests/ledger_backends.py``).
 """
 from __future__ import annotations
 
@@ -21,14 +24,23 @@ from romevc.ledger import (
 from romevc.ledger import schema
 from romevc.ledger.engine import make_engine, sqlite_foreign_keys_off
 from romevc.ledger.models import SqlBase
+from tests import ledger_backends as backends
 
 INFO = RepoInfo(base_id="gpt2", architecture="gpt2", dtype="float32", base_fingerprint="ab" * 32,
                 module_template="transformer.h.{}.mlp.c_proj", layout=LAYOUT_LINEAR, created=1)
 
 
+@pytest.fixture(params=backends.backend_params(backends.SHARED_BACKENDS))
+def url(request, tmp_path):
+    """Where no ledger exists yet: a SQLite file (its folder made), or a fresh PostgreSQL database."""
+    with backends.ledger_url(request.param, tmp_path) as url:
+        (tmp_path / ".romevc").mkdir()  # engines here bypass Ledger.create, which would make it
+        yield url
+
+
 @pytest.fixture
-def engine(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+def engine(url):
+    engine = make_engine(url)
     yield engine
     engine.dispose()
 
@@ -72,8 +84,7 @@ def test_downgrade_to_base_and_up_again(engine):
         assert schema.current_revision(conn) == schema.head_revision()
 
 
-def test_the_alembic_command_line_uses_the_same_scripts(tmp_path, engine):
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+def test_the_alembic_command_line_uses_the_same_scripts(url, engine):
     alembic_main(["-c", str(schema.MIGRATIONS_DIR / "alembic.ini"), "-x", f"url={url}", "upgrade", "head"])
     with engine.connect() as conn:
         assert schema.current_revision(conn) == schema.head_revision()
@@ -82,8 +93,7 @@ def test_the_alembic_command_line_uses_the_same_scripts(tmp_path, engine):
         assert inspect(conn).get_table_names() == ["alembic_version"]
 
 
-def test_a_newer_schema_is_refused(tmp_path):
-    url = default_url(tmp_path)
+def test_a_newer_schema_is_refused(url):
     Ledger.create(url, INFO).close()
     engine = make_engine(url)
     with engine.begin() as conn:
@@ -93,8 +103,7 @@ def test_a_newer_schema_is_refused(tmp_path):
         Ledger(url)
 
 
-def test_a_newer_object_format_is_refused(tmp_path):
-    url = default_url(tmp_path)
+def test_a_newer_object_format_is_refused(url):
     Ledger.create(url, INFO).close()
     engine = make_engine(url)
     with engine.begin() as conn:
@@ -104,9 +113,8 @@ def test_a_newer_object_format_is_refused(tmp_path):
         Ledger(url)
 
 
-def test_an_older_schema_is_upgraded_on_open(tmp_path, monkeypatch, caplog):
+def test_an_older_schema_is_upgraded_on_open(url, monkeypatch, caplog):
     """With one revision there is no older schema yet: pretend head has moved on."""
-    url = default_url(tmp_path)
     Ledger.create(url, INFO).close()
     current = schema.head_revision()
     ran: list[str] = []
@@ -135,17 +143,30 @@ def test_what_is_not_a_ledger(tmp_path):
         Ledger.create(url, INFO)
 
 
-def test_a_failed_create_rolls_the_schema_back(tmp_path):
-    """DDL is transactional here: a create that fails half way leaves no tables behind."""
-    url = default_url(tmp_path)
+@pytest.mark.skipif(backends.POSTGRES_URL is None, reason=backends.POSTGRES_SKIP)
+def test_what_is_not_a_postgresql_ledger():
+    with backends.fresh_postgres_database() as url:
+        with pytest.raises(NotARepositoryError, match="romevc init"):
+            Ledger(url)
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE repo (id integer)"))  # someone else's table of that name
+        engine.dispose()
+        with pytest.raises(LedgerExistsError):
+            Ledger.create(url, INFO)
+
+
+def test_a_failed_create_rolls_the_schema_back(url):
+    """DDL is transactional on both backends: a create that fails half way leaves no tables behind."""
     broken = RepoInfo(**{**INFO.__dict__, "base_id": None})  # NOT NULL violation after the migrations ran
-    with pytest.raises(Exception, match="NOT NULL"):
+    with pytest.raises(Exception, match="NOT NULL|not-null"):
         Ledger.create(url, broken)
     engine = make_engine(url)
     assert inspect(engine).get_table_names() == []
     engine.dispose()
     Ledger.create(url, INFO).close()
-    assert Ledger(url).repo_info() == INFO
+    with Ledger(url) as ledger:
+        assert ledger.repo_info() == INFO
 
 
 def test_migrations_do_not_import_the_models():

@@ -1,4 +1,6 @@
-"""The ledger's storage contract, written once and run on every backend in ``BACKENDS``.
+"""The ledger's storage contract, written once and run on every backend of ``tests/ledger_backends.py``:
+a SQLite file, in-memory SQLite, and PostgreSQL when ROMEVC_TEST_POSTGRES_URL is set (a fresh
+database per test). Tests that need several connections at once run on the shared backends.
 
 Synthetic edits only (seeded random float32 factors of GPT-sized shapes): no model, no
 torch. Tests fix author and time, so every id is reproducible.
@@ -24,8 +26,10 @@ from romevc.ledger import (
     Ledger, LedgerExistsError, NotARepositoryError, RefConflictError, RefFormatError, RemoteExistsError, RepoInfo,
     StatsMeta, UnknownObjectError, UnknownRefError, UnknownRemoteError, check_ref_name, default_url,
 )
-from romevc.ledger.engine import make_engine
-from romevc.ledger.models import SqlBase, SqlEdit
+from romevc.ledger.engine import is_locked_error, normalise_url
+from romevc.ledger.errors import LedgerUnavailableError, UnstorableValueError
+from romevc.ledger.models import SqlEdit
+from tests import ledger_backends as backends
 
 INFO = RepoInfo(
     base_id="HuggingFaceTB/SmolLM2-135M", architecture="llama", dtype="float32", base_fingerprint="ab" * 32,
@@ -34,25 +38,18 @@ INFO = RepoInfo(
 D_IN, D_OUT = 1536, 576  # SmolLM2-135M's down_proj: d_ff → d_model
 T0 = 1_700_000_000
 
-# The backend list lives here and only here. PostgreSQL joins when ROMEVC_TEST_POSTGRES_URL
-# names an empty database the tests may fill and empty (e.g. postgresql+psycopg://localhost/romevc_test).
-POSTGRES_URL = os.environ.get("ROMEVC_TEST_POSTGRES_URL")
-BACKENDS = ["sqlite-file", "sqlite-memory"] + (["postgresql"] if POSTGRES_URL else [])
 
-
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=backends.backend_params(backends.BACKENDS))
 def ledger_url(request, tmp_path):
-    if request.param == "sqlite-file":
-        yield default_url(tmp_path)
-    elif request.param == "sqlite-memory":
-        yield "sqlite://"
-    else:
-        yield POSTGRES_URL
-        engine = make_engine(POSTGRES_URL)
-        SqlBase.metadata.drop_all(engine)
-        with engine.begin() as conn:
-            conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
-        engine.dispose()
+    with backends.ledger_url(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(params=backends.backend_params(backends.SHARED_BACKENDS))
+def shared_url(request, tmp_path):
+    """A URL that several connections (threads, processes) can open at once."""
+    with backends.ledger_url(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
@@ -197,6 +194,10 @@ def test_any_json_metadata_round_trips_to_the_same_id(ledger, hparams, subject):
                                     "request": {"subject": subject, "prompt": "{}", "target_new": "x"}})
     except ValueError:
         return  # lone surrogates: not storable, and refused up front
+    if "\x00" in subject:  # fine inside JSON (escaped), but PostgreSQL cannot store it in the subject column
+        with pytest.raises(UnstorableValueError, match="NUL"):
+            ledger.put_edit(edit)
+        return
     ledger.put_edit(edit)
     stored = ledger.get_edit(edit.id)
     stored.verify()
@@ -488,6 +489,162 @@ def test_stats_metadata(ledger):
         ledger.get_stats_meta("nope")
 
 
+# -- what every backend stores ---------------------------------------------------------
+
+def test_text_some_backend_cannot_store_is_refused_everywhere(ledger):
+    """PostgreSQL enforces String(n) and cannot store NUL; SQLite would take both silently.
+    Every backend refuses them the same way, before anything is written."""
+    fits = make_edit(1, subject="S" * 512)
+    assert ledger.get_edit(ledger.put_edit(fits)).subject == "S" * 512
+    too_long = make_edit(2, subject="S" * 513)
+    with pytest.raises(UnstorableValueError, match="`subject` is 513 characters long, and the ledger stores at most 512"):
+        ledger.put_edits([make_edit(3), too_long])
+    with pytest.raises(UnknownObjectError):
+        ledger.get_edit(make_edit(3).id)  # the whole batch was refused
+    with pytest.raises(UnstorableValueError, match="`message` contains a NUL"):
+        ledger.commit_on_branch("main", make_commit((), (fits.id,), "a\x00b"))
+    with pytest.raises(UnstorableValueError, match="`author` is 257"):
+        ledger.put_commit(CommitRecord.create(parents=(), edit_ids=(), message="m", author="A" * 257, time=T0))
+    with pytest.raises(UnstorableValueError, match="`url` contains a NUL"):
+        ledger.add_remote("origin", "hf://ada/\x00")
+    with pytest.raises(UnstorableValueError, match="`corpus_id`"):
+        ledger.put_stats_meta(StatsMeta(id="s", model_fingerprint="f", module="m", corpus_id="c" * 300, token_count=1))
+    assert isinstance(UnstorableValueError("x"), RomevcError)  # the CLI prints it on one line
+    assert ledger.head() == Head("main", None) and ledger.list_remotes() == [] and ledger.list_stats_meta() == []
+
+
+def test_listings_sort_by_code_point_and_match_prefixes_exactly(ledger):
+    """Not by the server's collation, and not case-insensitively (SQLite's LIKE is)."""
+    c = chain(ledger, 1)
+    names = ["refs/heads/b", "refs/heads/B", "refs/heads/_x", "refs/heads/a-b", "refs/heads/ab", "refs/heads/é",
+             "refs/Heads/upper"]
+    for name in names:
+        ledger.update_ref(name, c[0].id, None)
+    heads = [n for n in names if n.startswith("refs/heads/")] + ["refs/heads/main"]
+    assert [r.name for r in ledger.list_refs("refs/heads/")] == sorted(heads)
+    assert [r.name for r in ledger.list_refs()] == sorted(heads + ["refs/Heads/upper"])
+    for name in ("zed", "Zed", "_x"):
+        ledger.add_remote(name, "x")
+    assert [r.name for r in ledger.list_remotes()] == ["Zed", "_x", "zed"]
+
+
+# -- several writers at once ------------------------------------------------------------
+
+def test_concurrent_creates_make_one_ledger(shared_url):
+    """Creating the schema takes the write lock: one create wins, the others find a ledger."""
+    results: list[str] = []
+
+    def create():
+        try:
+            Ledger.create(shared_url, INFO).close()
+            results.append("created")
+        except LedgerExistsError:
+            results.append("exists")
+
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["created", "exists", "exists", "exists"]
+    with Ledger(shared_url) as lg:
+        assert lg.repo_info() == INFO and lg.verify_all().ok
+
+
+def _while_held(ledger: Ledger, body) -> threading.Thread:
+    """Run ``body`` in a write transaction of ``ledger`` on another thread, and keep that
+    transaction open (uncommitted) for 0.3 s; returns once ``body`` has run."""
+    holding = threading.Event()
+
+    def hold():
+        with ledger.transaction():
+            body()
+            holding.set()
+            time.sleep(0.3)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    holding.wait()
+    return thread
+
+
+def test_a_waiting_writer_sees_what_the_first_committed(shared_url):
+    """A writer waits for the one in progress and then sees its rows: storing the same edit
+    is a no-op (no duplicate key), and read-modify-write keeps both updates (no lost update)."""
+    edit = make_edit(7)
+    with Ledger.create(shared_url, INFO) as first, Ledger(shared_url) as second:
+        first.add_remote("origin", "hf://ada/edits")
+        held = _while_held(first, lambda: first.put_edit(edit))
+        assert second.put_edit(edit) == edit.id
+        held.join()
+        held = _while_held(first, lambda: first.set_remote_seen("origin", "a", "a" * 64))
+        second.set_remote_seen("origin", "b", "b" * 64)
+        held.join()
+        assert first.get_remote("origin").seen == {"a": "a" * 64, "b": "b" * 64}
+        assert first.verify_all().edits == 1
+
+
+def test_concurrent_writers_lose_nothing(shared_url):
+    """Writers in their own connections store the same edit (no duplicate key), update one
+    remote's JSON (no lost update) and commit on their own branches, all at once."""
+    with Ledger.create(shared_url, INFO) as lg:
+        lg.add_remote("origin", "hf://ada/edits")
+    shared_edit, errors = make_edit(42), []
+
+    def writer(i: int):
+        try:
+            with Ledger(shared_url) as lg:
+                for round_ in range(3):
+                    own = make_edit(100 + 10 * i + round_)
+                    lg.put_edits([shared_edit, own])
+                    lg.set_remote_seen("origin", f"w{i}-{round_}", own.id)
+                    tip = lg.get_ref(f"refs/heads/w{i}")
+                    parent = (tip.target,) if tip else ()
+                    lg.commit_on_branch(f"w{i}", make_commit(parent, (shared_edit.id, own.id), f"w{i} {round_}",
+                                                             t=round_))
+        except Exception as exc:  # reported below, with the writer's number
+            errors.append((i, exc))
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with Ledger(shared_url) as lg:
+        assert set(lg.get_remote("origin").seen) == {f"w{i}-{r}" for i in range(4) for r in range(3)}
+        assert [len(lg.log(f"w{i}")) for i in range(4)] == [3] * 4
+        report = lg.verify_all()
+        assert report.ok and report.edits == 1 + 12
+
+
+# -- PostgreSQL -------------------------------------------------------------------------
+
+@pytest.mark.skipif(backends.POSTGRES_URL is None, reason=backends.POSTGRES_SKIP)
+def test_an_unreachable_postgres_ledger_is_one_clear_error():
+    server = normalise_url(backends.POSTGRES_URL)
+    missing = server.set(database="romevc_no_such_database")
+    with pytest.raises(LedgerUnavailableError, match="romevc_no_such_database") as info:
+        Ledger(missing)
+    assert server.password is None or server.password not in str(info.value)
+    assert "***" in str(info.value) or server.password is None
+    with pytest.raises(NotARepositoryError, match="romevc init"):
+        with backends.fresh_postgres_database() as empty:
+            Ledger(empty)
+
+
+@pytest.mark.skipif(backends.POSTGRES_URL is None, reason=backends.POSTGRES_SKIP)
+def test_a_postgresql_url_without_a_driver_means_psycopg():
+    with backends.fresh_postgres_database() as url:
+        bare = normalise_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        assert bare.startswith("postgresql://")
+        with Ledger.create(bare, INFO) as lg:
+            assert lg._engine.dialect.driver == "psycopg"
+            chain(lg, 1)
+        with Ledger(url) as lg:
+            assert len(lg.log()) == 1
+
+
 # -- SQLite files -----------------------------------------------------------------------
 
 def test_sqlite_file_open_create_and_wal(tmp_path):
@@ -507,9 +664,10 @@ def test_sqlite_file_open_create_and_wal(tmp_path):
     assert set(sa_inspect(Ledger(url)._engine).get_table_names()) >= {"repo", "edits", "commits", "refs"}
 
 
-def test_sqlite_writers_wait_for_each_other(tmp_path):
-    """A second process-like writer waits for the first (busy timeout), then succeeds."""
-    url = default_url(tmp_path)
+def test_writers_wait_for_each_other(shared_url):
+    """A second process-like writer waits for the first (SQLite's busy timeout, PostgreSQL's
+    advisory write lock), then succeeds."""
+    url = shared_url
     with Ledger.create(url, INFO) as first, Ledger(url) as second:
         c = chain(first, 1)
         holding, done = threading.Event(), []
@@ -537,21 +695,37 @@ def test_layouts_match_the_architecture_table():
     assert (LAYOUT_LINEAR, LAYOUT_CONV1D) == (architectures.LAYOUT_LINEAR, architectures.LAYOUT_CONV1D)
 
 
-def test_a_locked_database_is_retried(tmp_path):
-    """SQLite's "database is locked" (after the busy timeout) retries the whole transaction."""
+def _transient_errors(ledger: Ledger) -> list[Exception]:
+    """What a busy ledger raises: SQLite's "database is locked" after the busy timeout;
+    PostgreSQL's serialization failure, deadlock, or lock timeout (SQLSTATE 40001, 40P01, 55P03)."""
     import sqlite3
 
     from sqlalchemy.exc import OperationalError
 
-    with Ledger.create(default_url(tmp_path), INFO) as lg:
-        attempts: list[int] = []
+    if ledger.url.get_backend_name() == "sqlite":
+        return [OperationalError("COMMIT", {}, sqlite3.OperationalError("database is locked"))] * 2
+    from psycopg import errors
 
-        def op(session):
-            session.execute(text("INSERT INTO remotes (name, url, seen_json) VALUES ('origin', 'x', '{}')"))
-            attempts.append(1)
-            if len(attempts) < 3:
-                raise OperationalError("COMMIT", {}, sqlite3.OperationalError("database is locked"))
-            return "done"
+    return [OperationalError("COMMIT", {}, cls("busy")) for cls in (errors.SerializationFailure,
+                                                                     errors.DeadlockDetected,
+                                                                     errors.LockNotAvailable)]
 
-        assert lg._write(op) == "done"
-        assert len(attempts) == 3 and [r.name for r in lg.list_remotes()] == ["origin"]
+
+def test_a_transient_lock_error_is_retried(ledger):
+    """A transient lock error retries the whole transaction, which rolled back each time."""
+    from sqlalchemy.exc import IntegrityError
+
+    failures = _transient_errors(ledger)
+    assert all(is_locked_error(f) for f in failures)
+    assert not is_locked_error(IntegrityError("INSERT", {}, Exception("duplicate key")))
+    attempts: list[int] = []
+
+    def op(session):
+        session.execute(text("INSERT INTO remotes (name, url, seen_json) VALUES ('origin', 'x', '{}')"))
+        attempts.append(1)
+        if len(attempts) <= len(failures):
+            raise failures[len(attempts) - 1]
+        return "done"
+
+    assert ledger._write(op) == "done"
+    assert len(attempts) == len(failures) + 1 and [r.name for r in ledger.list_remotes()] == ["origin"]

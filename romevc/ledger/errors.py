@@ -60,3 +60,12 @@ class UnknownRemoteError(LedgerError):
 
 class RemoteExistsError(LedgerError):
     """``add_remote`` with a name that is already configured."""
+
+
+class LedgerUnavailableError(LedgerError):
+    """The ledger's database cannot be reached: a server down, a wrong URL or credentials."""
+
+
+class UnstorableValueError(LedgerError, ValueError):
+    """Text the ledger refuses on every backend because one of them cannot store it
+    (a NUL character, or more characters than its column holds)."""

@@ -7,10 +7,16 @@ from a migration). Rows leave a session only as the frozen records of
 
 Ids are 64-character lowercase sha256 hex. JSON-valued columns hold canonical JSON text
 (``*_json``), not a JSON type, so the bytes that were hashed are the bytes stored.
+
+Every backend must hold what any other holds (a team may move from a SQLite ledger to a
+PostgreSQL one, and pulls bring in edits from both), so text goes through
+:func:`check_storable` before it is written: PostgreSQL cannot store a NUL character and
+enforces ``String(n)`` lengths that SQLite would silently ignore.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from sqlalchemy import (
     BigInteger, CheckConstraint, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text,
@@ -18,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from romevc.ledger.errors import UnstorableValueError
 from romevc.ledger.objects import EditRecord, RefRecord, RemoteRecord, RepoInfo, StatsMeta, canonical_json
 
 ID = String(64)
@@ -34,6 +41,22 @@ NAMING_CONVENTION = {
 
 class SqlBase(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def check_storable(model: type[SqlBase], values: Mapping[str, object]) -> None:
+    """Raise :class:`UnstorableValueError` for text in ``values`` (column key → value) that
+    some backend cannot store in ``model``'s table: a NUL character, or longer than ``String(n)``."""
+    for column in model.__table__.columns:
+        value = values.get(column.key)
+        if not isinstance(value, str):
+            continue
+        if "\x00" in value:
+            raise UnstorableValueError(f"`{column.key}` contains a NUL character, which a PostgreSQL ledger cannot "
+                                       f"store; remove it: {value[:60]!r}")
+        limit = getattr(column.type, "length", None)
+        if limit is not None and len(value) > limit:
+            raise UnstorableValueError(f"`{column.key}` is {len(value)} characters long, and the ledger stores at "
+                                       f"most {limit}; shorten it: {value[:60]!r}...")
 
 
 class SqlRepo(SqlBase):

@@ -11,7 +11,13 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from romevc.ledger.errors import UnknownObjectError
-from romevc.ledger.models import SqlCommit, SqlCommitEdit, SqlCommitParent, SqlEdit
+from romevc.ledger.models import (
+    SqlCommit,
+    SqlCommitEdit,
+    SqlCommitParent,
+    SqlEdit,
+    check_storable,
+)
 from romevc.ledger.objects import BlameEntry, CommitRecord, EditRecord
 
 T = TypeVar("T")
@@ -37,8 +43,10 @@ def insert_edits(s: Session, records: Sequence[EditRecord]) -> int:
     new = {r.id: r for r in records if r.id not in stored}
     if new:
         columns = [c.key for c in SqlEdit.__table__.columns]
-        rows = [SqlEdit.from_record(r) for r in new.values()]
-        s.execute(insert(SqlEdit), [{c: getattr(row, c) for c in columns} for row in rows])
+        rows = [{c: getattr(row, c) for c in columns} for row in map(SqlEdit.from_record, new.values())]
+        for row in rows:
+            check_storable(SqlEdit, row)
+        s.execute(insert(SqlEdit), rows)
     return len(new)
 
 
@@ -61,9 +69,10 @@ def insert_commits(s: Session, records: Sequence[CommitRecord]) -> int:
     missing = set(edits) - existing(s, SqlEdit.id, edits)
     if missing:
         raise UnknownObjectError(f"edit(s) {', '.join(sorted(missing))} are not in this ledger; store them first")
-    s.execute(insert(SqlCommit), [
-        dict(id=r.id, message=r.message, author=r.author, time=r.time, tz=r.tz, kind=r.kind) for r in new
-    ])
+    rows = [dict(id=r.id, message=r.message, author=r.author, time=r.time, tz=r.tz, kind=r.kind) for r in new]
+    for row in rows:
+        check_storable(SqlCommit, row)
+    s.execute(insert(SqlCommit), rows)
     parent_rows = [dict(commit_id=r.id, position=i, parent_id=p) for r in new for i, p in enumerate(r.parents)]
     if parent_rows:
         s.execute(insert(SqlCommitParent), parent_rows)

@@ -10,6 +10,7 @@ Methods return the frozen records of :mod:`romevc.ledger.objects`, never live ro
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time as _time
@@ -23,13 +24,15 @@ from sqlalchemy.orm import Session
 
 from romevc.ledger import queries as _q
 from romevc.ledger import refs as _refs
-from romevc.ledger.engine import WRITE_OPTION, is_locked_error, make_engine, sqlite_foreign_keys_off, sqlite_path
+from romevc.ledger.engine import (
+    WRITE_OPTION, check_reachable, is_locked_error, make_engine, sqlite_foreign_keys_off, sqlite_path,
+)
 from romevc.ledger.errors import (
     LedgerExistsError, LedgerVersionError, NotARepositoryError, RefConflictError, RemoteExistsError,
     UnknownObjectError, UnknownRemoteError,
 )
 from romevc.ledger.graph import CommitGraph
-from romevc.ledger.models import SqlCommitEdit, SqlEdit, SqlRef, SqlRemote, SqlRepo, SqlStats
+from romevc.ledger.models import SqlCommitEdit, SqlEdit, SqlRef, SqlRemote, SqlRepo, SqlStats, check_storable
 from romevc.ledger.objects import (
     FORMAT_VERSION, BlameEntry, CommitRecord, EditRecord, Head, RefRecord, RemoteRecord, RepoInfo, StatsMeta,
     VerifyReport, canonical_json, is_full_id, normalise_json,
@@ -42,7 +45,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LEDGER_DIR, LEDGER_FILE = ".romevc", "ledger.db"
-RETRIES = 5  # attempts of a transaction that hit SQLite's "database is locked"
+RETRIES = 5  # attempts of a transaction that hit a transient lock error (engine.is_locked_error)
 
 
 def default_url(repo_root: str | Path) -> str:
@@ -79,11 +82,13 @@ class Ledger:
         self._engine = make_engine(self.url)
         self._writer = self._engine.execution_options(**{WRITE_OPTION: True})
         self._local = threading.local()
+        check_reachable(self._engine, self._where)
 
     @classmethod
     def create(cls, url: str | URL, info: RepoInfo, *, initial_branch: str = "main") -> "Ledger":
         """A new ledger: the schema at head, the repo row, HEAD → ``refs/heads/<initial_branch>`` (unborn)."""
         head_target = branch_ref(initial_branch)
+        check_storable(SqlRepo, dataclasses.asdict(info))
         path = sqlite_path(url)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,9 +132,9 @@ class Ledger:
     def transaction(self) -> Iterator[Session]:
         """One write transaction: commits on success, rolls back on any error.
 
-        Ledger calls inside the block join it. On SQLite it holds the write lock from the
-        start (other writers wait, readers do not). Its body is not retried on "database
-        is locked"; the single-call methods are.
+        Ledger calls inside the block join it. It holds the write lock from the start (SQLite's
+        ``BEGIN IMMEDIATE``, PostgreSQL's advisory lock): other writers wait, readers do not.
+        Its body is not retried on a transient lock error; the single-call methods are.
         """
         active = getattr(self._local, "session", None)
         if active is not None:
@@ -395,9 +400,11 @@ class Ledger:
     def list_refs(self, prefix: str = "refs/") -> list[RefRecord]:
         """Refs whose name starts with ``prefix`` (``refs/heads/``, ``refs/tags/``), by name."""
         def op(s: Session) -> list[RefRecord]:
-            rows = s.execute(select(SqlRef).where(SqlRef.name.startswith(prefix, autoescape=True))
-                             .order_by(SqlRef.name)).scalars()
-            return [row.to_record() for row in rows if row.name != HEAD]
+            rows = s.execute(select(SqlRef).where(SqlRef.name.startswith(prefix, autoescape=True))).scalars()
+            # Filtered and sorted here: SQLite's LIKE ignores ASCII case, and a server's collation
+            # may not sort by code point.
+            return sorted((row.to_record() for row in rows if row.name != HEAD and row.name.startswith(prefix)),
+                          key=lambda r: r.name)
         return self._read(op)
 
     # -- remotes ------------------------------------------------------------------------
@@ -406,6 +413,7 @@ class Ledger:
         check_ref_name(f"refs/remotes/{name}/x")
         if not url:
             raise ValueError("`url` must not be empty")
+        check_storable(SqlRemote, {"name": name, "url": url})
 
         def op(s: Session) -> RemoteRecord:
             if s.get(SqlRemote, name) is not None:
@@ -423,7 +431,8 @@ class Ledger:
         return self._read(op)
 
     def list_remotes(self) -> list[RemoteRecord]:
-        return self._read(lambda s: [r.to_record() for r in s.execute(select(SqlRemote).order_by(SqlRemote.name)).scalars()])
+        rows = self._read(lambda s: [r.to_record() for r in s.execute(select(SqlRemote)).scalars()])
+        return sorted(rows, key=lambda r: r.name)  # by code point, whatever the server's collation
 
     def remove_remote(self, name: str) -> None:
         def op(s: Session) -> None:
@@ -454,6 +463,8 @@ class Ledger:
 
     def put_stats_meta(self, meta: StatsMeta) -> None:
         """Insert or replace the metadata of one statistics entry."""
+        check_storable(SqlStats, dataclasses.asdict(meta))
+
         def op(s: Session) -> None:
             s.merge(SqlStats(id=meta.id, model_fingerprint=meta.model_fingerprint, module=meta.module,
                              corpus_id=meta.corpus_id, token_count=meta.token_count, dtype=meta.dtype,
@@ -469,7 +480,8 @@ class Ledger:
         return self._read(op)
 
     def list_stats_meta(self) -> list[StatsMeta]:
-        return self._read(lambda s: [r.to_record() for r in s.execute(select(SqlStats).order_by(SqlStats.id)).scalars()])
+        rows = self._read(lambda s: [r.to_record() for r in s.execute(select(SqlStats)).scalars()])
+        return sorted(rows, key=lambda r: r.id)  # by code point, whatever the server's collation
 
     # -- integrity ----------------------------------------------------------------------
 
