@@ -12,6 +12,7 @@ import os
 import threading
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -532,20 +533,15 @@ def test_listings_sort_by_code_point_and_match_prefixes_exactly(ledger):
 
 def test_concurrent_creates_make_one_ledger(shared_url):
     """Creating the schema takes the write lock: one create wins, the others find a ledger."""
-    results: list[str] = []
-
-    def create():
+    def create() -> str:
         try:
             Ledger.create(shared_url, INFO).close()
-            results.append("created")
         except LedgerExistsError:
-            results.append("exists")
+            return "exists"
+        return "created"
 
-    threads = [threading.Thread(target=create) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with ThreadPoolExecutor(4) as pool:
+        results = [done.result() for done in [pool.submit(create) for _ in range(4)]]
     assert sorted(results) == ["created", "exists", "exists", "exists"]
     with Ledger(shared_url) as lg:
         assert lg.repo_info() == INFO and lg.verify_all().ok
@@ -589,28 +585,22 @@ def test_concurrent_writers_lose_nothing(shared_url):
     remote's JSON (no lost update) and commit on their own branches, all at once."""
     with Ledger.create(shared_url, INFO) as lg:
         lg.add_remote("origin", "hf://ada/edits")
-    shared_edit, errors = make_edit(42), []
+    shared_edit = make_edit(42)
 
-    def writer(i: int):
-        try:
-            with Ledger(shared_url) as lg:
-                for round_ in range(3):
-                    own = make_edit(100 + 10 * i + round_)
-                    lg.put_edits([shared_edit, own])
-                    lg.set_remote_seen("origin", f"w{i}-{round_}", own.id)
-                    tip = lg.get_ref(f"refs/heads/w{i}")
-                    parent = (tip.target,) if tip else ()
-                    lg.commit_on_branch(f"w{i}", make_commit(parent, (shared_edit.id, own.id), f"w{i} {round_}",
-                                                             t=round_))
-        except Exception as exc:  # reported below, with the writer's number
-            errors.append((i, exc))
+    def writer(i: int) -> None:
+        with Ledger(shared_url) as lg:
+            for round_ in range(3):
+                own = make_edit(100 + 10 * i + round_)
+                lg.put_edits([shared_edit, own])
+                lg.set_remote_seen("origin", f"w{i}-{round_}", own.id)
+                tip = lg.get_ref(f"refs/heads/w{i}")
+                parent = (tip.target,) if tip else ()
+                lg.commit_on_branch(f"w{i}", make_commit(parent, (shared_edit.id, own.id), f"w{i} {round_}",
+                                                         t=round_))
 
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    with ThreadPoolExecutor(4) as pool:
+        for done in [pool.submit(writer, i) for i in range(4)]:
+            done.result()  # re-raises a writer's error here
     with Ledger(shared_url) as lg:
         assert set(lg.get_remote("origin").seen) == {f"w{i}-{r}" for i in range(4) for r in range(3)}
         assert [len(lg.log(f"w{i}")) for i in range(4)] == [3] * 4
@@ -628,9 +618,8 @@ def test_an_unreachable_postgres_ledger_is_one_clear_error():
         Ledger(missing)
     assert server.password is None or server.password not in str(info.value)
     assert "***" in str(info.value) or server.password is None
-    with pytest.raises(NotARepositoryError, match="romevc init"):
-        with backends.fresh_postgres_database() as empty:
-            Ledger(empty)
+    with pytest.raises(NotARepositoryError, match="romevc init"), backends.fresh_postgres_database() as empty:
+        Ledger(empty)
 
 
 @pytest.mark.skipif(backends.POSTGRES_URL is None, reason=backends.POSTGRES_SKIP)
