@@ -6,7 +6,7 @@ travels with the delta, so a Conv1D weight (d_in, d_out) receives ΔWᵀ. Nothin
 from shapes.
 
 ``apply`` always rebuilds the touched weights from pristine copies, adding the deltas'
-sum in float64 and casting once. The same delta list therefore gives bit-identical
+sum in float32 and casting once. The same delta list therefore gives bit-identical
 weights whatever was applied before, which makes revert exact.
 """
 from __future__ import annotations
@@ -113,14 +113,14 @@ def _one_thread() -> Iterator[None]:
 
 
 def summed_update(deltas: Sequence[Delta]) -> torch.Tensor:
-    """Σ ΔW (d_out, d_in) of deltas on one module as one float64 product Vᵀ U, in edit order.
+    """Σ ΔW (d_out, d_in) of deltas on one module as one float32 product Vᵀ U, in edit order.
 
     One matrix product instead of k additions makes a 1,000-edit checkout cost about one
-    base load; float64 keeps the sum exact to far below float32's resolution, and the
-    single-threaded product makes the result a function of the edit list alone.
+    base load, and the single-threaded product makes the result a function of the edit
+    list alone (a multi-threaded BLAS may split the sum differently from run to run).
     """
-    u = torch.cat([d.u.detach().reshape(d.rank, -1).cpu() for d in deltas]).double()  # (k, d_in)
-    v = torch.cat([d.v.detach().reshape(d.rank, -1).cpu() for d in deltas]).double()  # (k, d_out)
+    u = torch.cat([d.u.detach().reshape(d.rank, -1).cpu() for d in deltas]).float()  # (k, d_in)
+    v = torch.cat([d.v.detach().reshape(d.rank, -1).cpu() for d in deltas]).float()  # (k, d_out)
     with _one_thread():
         return v.T @ u
 
@@ -129,9 +129,14 @@ def summed_update(deltas: Sequence[Delta]) -> torch.Tensor:
 def apply(model: torch.nn.Module, deltas: Sequence[Delta]) -> None:
     """Set the model's weights to pristine + Σ deltas, whatever was applied before.
 
-    Every touched weight is rebuilt from its pristine copy: the sum of its deltas is
-    formed in float64 (``summed_update``), added to the pristine weight in float64, and
-    cast once to the model's dtype. The same delta list always gives the same bits.
+    Every touched weight is rebuilt from its pristine tensor: the sum of its deltas is
+    formed in float32 (``summed_update``), added to the pristine weight in float32, cast
+    once to the model's dtype, and put in place of the parameter's data. The same delta
+    list always gives the same bits.
+
+    The pristine tensor is the parameter's original data, set aside rather than copied:
+    a freshly loaded checkpoint's weights are memory-mapped, and neither a copy nor an
+    in-place write has to touch them — which keeps a 1,000-edit checkout near a plain load.
     """
     base_fingerprint(model)  # pin the base fingerprint before the weights move
     pristine: dict[str, torch.Tensor] = getattr(model, _PRISTINE, None) or {}
@@ -141,27 +146,27 @@ def apply(model: torch.nn.Module, deltas: Sequence[Delta]) -> None:
     for name in sorted(set(by_module) | set(pristine)):
         weight = model.get_submodule(name).weight
         if name not in pristine:
-            pristine[name] = weight.detach().clone()
+            pristine[name] = weight.data
         if name not in by_module:
-            weight.copy_(pristine[name])
+            weight.data = pristine[name]
             continue
         layout = by_module[name][0].layout
         if any(d.layout != layout for d in by_module[name]):
             raise ValueError(f"deltas on {name} disagree on the weight layout")
-        update = summed_update(by_module[name])  # (d_out, d_in) float64
+        update = summed_update(by_module[name])  # (d_out, d_in) float32
         if layout == LAYOUT_CONV1D:
             update = update.T
-        total = pristine[name].to(device="cpu", dtype=torch.float64) + update
-        weight.copy_(total.to(weight.dtype))
-    setattr(model, _PRISTINE, pristine)
+        original = pristine[name]
+        weight.data = (original.float() + update.to(original.device)).to(original.dtype)
+    setattr(model, _PRISTINE, {name: t for name, t in pristine.items() if name in by_module})
     setattr(model, _APPLIED, tuple(deltas))
 
 
 @torch.no_grad()
 def restore(model: torch.nn.Module) -> None:
-    """Put back every weight ``apply`` touched, bit for bit."""
+    """Put back every weight ``apply`` touched, bit for bit (the very tensors it set aside)."""
     for name, weight in (getattr(model, _PRISTINE, None) or {}).items():
-        model.get_submodule(name).weight.copy_(weight)
+        model.get_submodule(name).weight.data = weight
     setattr(model, _PRISTINE, {})
     setattr(model, _APPLIED, ())
 

@@ -10,7 +10,7 @@ from romevc.ledger.errors import (
 )
 from romevc.ledger.objects import (
     FORMAT_VERSION, KIND_EDIT, KIND_MERGE, KIND_REVERT, LAYOUT_CONV1D, LAYOUT_LINEAR, BlameEntry, CommitRecord,
-    EditRecord, Head, RefRecord, RemoteRecord, RepoInfo, StatsMeta, VerifyReport, commit_id, edit_id,
+    EditRecord, Head, RefRecord, RemoteRecord, RepoInfo, StatsMeta, StoredDelta, VerifyReport, commit_id, edit_id,
 )
 from romevc.ledger.refs import ANY, Expected, branch_ref, check_ref_name, tag_ref
 from romevc.ledger.store import Ledger, default_url
@@ -19,7 +19,7 @@ __all__ = [
     "ANY", "FORMAT_VERSION", "KIND_EDIT", "KIND_MERGE", "KIND_REVERT", "LAYOUT_CONV1D", "LAYOUT_LINEAR",
     "AmbiguousRefError", "BlameEntry", "CommitRecord", "CorruptObjectError", "EditRecord", "Expected", "Head", "Ledger",
     "LedgerError", "LedgerExistsError", "LedgerVersionError", "NotARepositoryError", "RefConflictError",
-    "RefFormatError", "RefRecord", "RemoteExistsError", "RemoteRecord", "RepoInfo", "StatsMeta",
+    "RefFormatError", "RefRecord", "RemoteExistsError", "RemoteRecord", "RepoInfo", "StatsMeta", "StoredDelta",
     "UnknownObjectError", "UnknownRefError", "UnknownRemoteError", "VerifyReport", "branch_ref",
     "check_ref_name", "commit_id", "default_url", "edit_id", "tag_ref",
 ]

@@ -1,7 +1,7 @@
 """From ledger records to weights: deltas, weight fingerprints, staleness, and the model cache.
 
 A commit's weights are the pristine base plus the sum of its edit set's deltas, formed
-in float64 from the ordered list (:func:`romevc.editing.delta.apply`). The same edit set therefore
+in float32 from the ordered list (:func:`romevc.editing.delta.apply`). The same edit set therefore
 gives bit-identical weights whatever path led there, which makes revert exact.
 
 Every edit records the fingerprint of the weights it was computed against:
@@ -22,7 +22,7 @@ import torch
 
 from romevc.editing.delta import Delta
 from romevc.editing.result import EditResult
-from romevc.ledger import EditRecord, RepoInfo
+from romevc.ledger import EditRecord, RepoInfo, StoredDelta
 from romevc.porcelain.errors import BaseMismatchError
 
 log = logging.getLogger(__name__)
@@ -32,14 +32,14 @@ _LE_FLOAT32 = np.dtype("<f4")
 
 # -- records <-> deltas ----------------------------------------------------------------------
 
-def _shapes(record: EditRecord) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def _shapes(record: EditRecord | StoredDelta) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Tensor shapes of u and v as the engine makes them: 1-D for rank one, else (k, d)."""
     if record.rank == 1:
         return (record.d_in,), (record.d_out,)
     return (record.rank, record.d_in), (record.rank, record.d_out)
 
 
-def to_delta(record: EditRecord) -> Delta:
+def to_delta(record: EditRecord | StoredDelta) -> Delta:
     """The engine's :class:`Delta` for a stored edit (float32, CPU)."""
     u_shape, v_shape = _shapes(record)
     u = torch.from_numpy(np.frombuffer(record.u, dtype=_LE_FLOAT32).astype(np.float32)).reshape(u_shape)
@@ -155,12 +155,12 @@ class Workspace:
             self._editor = Editor(self.loaded, stats=self._make_stats())
         return self._editor
 
-    def delta(self, record: EditRecord) -> Delta:
+    def delta(self, record: EditRecord | StoredDelta) -> Delta:
         if record.id not in self._deltas:
             self._deltas[record.id] = to_delta(record)
         return self._deltas[record.id]
 
-    def checkout(self, records: Sequence[EditRecord]) -> torch.nn.Module:
+    def checkout(self, records: Sequence[EditRecord | StoredDelta]) -> torch.nn.Module:
         """Set the model's weights to base + ``records`` (exact); returns the model."""
         wanted = [self.delta(r) for r in records]
         editor = self.editor
