@@ -3,6 +3,7 @@
     python benchmarks/counterfact_eval.py --n 200                      # one edit at a time
     python benchmarks/counterfact_eval.py --n 200 --sequential          # 200 edits in sequence
     python benchmarks/counterfact_eval.py --n 20 --layer 2 --layer 4    # a layer sweep
+    python benchmarks/counterfact_eval.py --n 200 --records r.jsonl --resume   # go on after a stop
 
 Prints one row per (method, layer): ES/PS/NS (%), magnitudes EM/PM/NM, the harmonic mean S,
 seconds per edit, ‖ΔW‖, ‖ΔW‖/‖W‖ and the NLL of a neutral paragraph (mean over single edits,
@@ -36,6 +37,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     parser.add_argument("--records", type=Path, default=None,
                         help="append one JSON line per edit (and per checkpoint) here as the run goes")
+    parser.add_argument("--resume", action="store_true",
+                        help="one edit at a time: reuse the edits already in --records (a run cut short goes on)")
     parser.add_argument("--checkpoint-every", type=int, default=0,
                         help="with --sequential: also score the cases edited so far every this many edits")
     args = parser.parse_args()
@@ -46,6 +49,10 @@ def main() -> None:
     print(f"base {loaded.spec}, {torch.get_num_threads()} threads", flush=True)
     every = args.checkpoint_every
     checkpoints = range(every, len(cases), every) if args.sequential and every > 0 else ()
+    done = []
+    if args.resume and args.records and args.records.exists():
+        done = [json.loads(line) for line in args.records.read_text().splitlines() if line.strip()]
+        print(f"resuming: {sum(r.get('kind') == 'edit' for r in done)} edit records in {args.records}", flush=True)
     records = args.records.open("a", encoding="utf-8") if args.records else None
 
     def write_record(record: dict) -> None:
@@ -54,7 +61,8 @@ def main() -> None:
             records.flush()
 
     report = run_evaluation(editor, cases, args.methods or ["r-rome", "rome"], args.layers or [editor.hparams().layer],
-                            sequential=args.sequential, checkpoints=checkpoints, on_record=write_record)
+                            sequential=args.sequential, checkpoints=checkpoints, on_record=write_record,
+                            done=done)
     print(render_report(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -195,26 +195,38 @@ def evaluate_unedited(editor, cases: Sequence, progress: bool = True) -> dict:
 
 def evaluate_edits(editor, cases: Sequence, hparams, *, sequential: bool = False,
                    progress: bool = True, checkpoints: Sequence[int] = (),
-                   on_record: Callable[[dict], None] | None = None) -> EvalRun:
+                   on_record: Callable[[dict], None] | None = None, done: Sequence[dict] = ()) -> EvalRun:
     """Edit each case and score it: one at a time from the base, or all in sequence.
 
     One at a time: edit, score, restore. Sequential: each edit is computed on the model
     carrying all earlier edits, and every case is scored once at the end — and, at each
     count in ``checkpoints``, the cases edited so far, to show where a method degrades.
     ``on_record`` receives one JSON-able dict per edit and per checkpoint as they happen,
-    so a long run leaves its partial results behind.
+    so a long run leaves its partial results behind; one at a time, those records of
+    this method and layer passed back as ``done`` are reused instead of recomputed.
     """
     from tqdm.auto import tqdm
 
     score, summary = _scoring(cases)
     emit = on_record or (lambda record: None)
+    reuse = {} if sequential else {r["index"]: r for r in done if r.get("kind") == "edit"
+                                   and r.get("method") == hparams.method and r.get("layer") == hparams.layer}
     editor.restore()
-    results, scores, fluency, reached = [], [], [], []
+    results, seconds, norms, scores, fluency, reached = [], [], [], [], [], []
     for index, case in enumerate(tqdm(cases, desc=f"{hparams.method} edits", disable=not progress, leave=False)):
+        if index in reuse:
+            earlier = reuse[index]
+            seconds.append(earlier["seconds"])
+            norms.append(earlier["delta_norm"])
+            scores.append(CaseScores(**earlier["scores"]) if isinstance(case, CounterFactCase) else earlier["scores"])
+            fluency.append(earlier["neutral_nll"])
+            continue
         result = editor.compute(case.request, hparams)
         results.append(result)
+        seconds.append(result.seconds)
+        norms.append(result.delta.norm())
         record = {"kind": "edit", "method": hparams.method, "layer": hparams.layer, "index": index,
-                  "subject": case.request.subject, "seconds": result.seconds, "delta_norm": result.delta.norm()}
+                  "subject": case.request.subject, "seconds": seconds[-1], "delta_norm": norms[-1]}
         if sequential:
             editor.apply(results)
             if index + 1 in checkpoints:
@@ -234,15 +246,24 @@ def evaluate_edits(editor, cases: Sequence, hparams, *, sequential: bool = False
     if sequential:
         scores = [score(editor.model, editor.tokenizer, c) for c in cases]
         fluency.append(neutral_nll(editor.model, editor.tokenizer))
-    weight_norm = editor.model.get_submodule(results[0].module).weight.float().norm().item() if results else 1.0
+    weight_norm = _edited_weight_norm(editor, hparams.layer)
     editor.restore()
+    nan = float("nan")
     return EvalRun(
         method=hparams.method, layer=hparams.layer, sequential=sequential, summary=summary(scores),
-        seconds_per_edit=mean(r.seconds for r in results) if results else float("nan"),
-        mean_delta_norm=mean(r.delta.norm() for r in results) if results else float("nan"),
-        mean_relative_norm=mean(r.delta.norm() for r in results) / weight_norm if results else float("nan"),
-        neutral_nll=mean(fluency) if fluency else float("nan"), checkpoints=reached, cases=scores,
+        seconds_per_edit=mean(seconds) if seconds else nan, mean_delta_norm=mean(norms) if norms else nan,
+        mean_relative_norm=mean(norms) / weight_norm if norms else nan,
+        neutral_nll=mean(fluency) if fluency else nan, checkpoints=reached, cases=scores,
     )
+
+
+def _edited_weight_norm(editor, layer: int) -> float:
+    """‖W‖ of the unedited module at ``layer``, the scale ‖ΔW‖ is compared against."""
+    from romevc.architectures import architecture_for
+    from romevc.editing.delta import base_weights
+
+    with base_weights(editor.model) as model:
+        return model.get_submodule(architecture_for(model).edited_module_name(layer)).weight.float().norm().item()
 
 
 # -- zsRE (MEND/ROME format): teacher-forced top-1 token accuracy, the paper's Table 1 ----------
@@ -323,7 +344,7 @@ def load_dataset(path: str | Path, n: int | None = None) -> list:
 
 def run_evaluation(editor, cases: Sequence, methods: Sequence[str], layers: Sequence[int], *,
                    sequential: bool = False, progress: bool = True, checkpoints: Sequence[int] = (),
-                   on_record: Callable[[dict], None] | None = None) -> dict:
+                   on_record: Callable[[dict], None] | None = None, done: Sequence[dict] = ()) -> dict:
     """The unedited model, then every (method, layer), on the same cases: one JSON-able report."""
     import time
 
@@ -336,7 +357,7 @@ def run_evaluation(editor, cases: Sequence, methods: Sequence[str], layers: Sequ
         for layer in layers:
             run = evaluate_edits(editor, cases, editor.hparams(method=method, layer=layer),
                                  sequential=sequential, progress=progress, checkpoints=checkpoints,
-                                 on_record=on_record)
+                                 on_record=on_record, done=done)
             report["runs"].append(run.to_dict())
     report["seconds"] = time.perf_counter() - started
     return report

@@ -126,3 +126,24 @@ def test_sequential_checkpoints_and_records_on_the_tiny_model(tmp_path):
     assert [r["kind"] for r in records] == ["edit", "checkpoint", "edit", "checkpoint", "edit"]
     assert [r["index"] for r in records if r["kind"] == "edit"] == [0, 1, 2]
     json.dumps(records)  # every record is JSON-able as it is written
+
+
+def test_one_at_a_time_run_resumes_from_its_records(tmp_path):
+    """Edit records of an earlier run are reused, not recomputed, and give the same summary."""
+    from romevc.editing.stats import StatsCache
+    from romevc.editor import Editor
+    from romevc.evaluate import run_evaluation
+    from romevc.model import load_base
+
+    facts = json.loads((TINY_GPT2 / "facts.json").read_text())[:3]
+    cases = load_dataset(_counterfact_file(tmp_path, facts), 3)
+    editor = Editor(load_base(str(TINY_GPT2)), StatsCache(n_tokens=2000, root=tmp_path / "stats"))
+    first: list[dict] = []
+    full = run_evaluation(editor, cases, ["r-rome"], [1], on_record=first.append, progress=False)
+    computed = []
+    editor.compute = lambda request, hparams: computed.append(request) or Editor.compute(editor, request, hparams)
+    again: list[dict] = []
+    resumed = run_evaluation(editor, cases, ["r-rome"], [1], on_record=again.append, progress=False, done=first[:2])
+    assert [r.subject for r in computed] == [cases[2].request.subject]
+    assert [r["index"] for r in again] == [2]
+    assert resumed["runs"][0]["summary"] == full["runs"][0]["summary"]
