@@ -15,6 +15,9 @@ Choices where git offers several:
   refuses the whole batch, naming the line. ``apply`` of the same file makes one commit.
 - Every change is computed first and written in one ledger transaction, so an error
   leaves the ledger as it was.
+- When another writer moves the branch while ``edit``/``edit_batch``/``apply`` computes,
+  the change is recomputed on the new tip and committed there (see
+  :mod:`romevc.porcelain.writers`); the ledger's compare-and-swap never lets it overwrite.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import getpass
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -44,10 +47,12 @@ from romevc.porcelain.reading import summaries
 from romevc.porcelain.reports import (
     BranchInfo, Committed, DiffReport, EditSummary, MergeResult, Prediction, ShowReport, Status, short,
 )
+from romevc.porcelain.writers import CommitLock, commit_on_moving_branch
 
 __all__ = ["Repo", "RepoConfig", "find_root"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 KIND_APPLY = "apply"  # one commit of a whole edit set
 
@@ -65,6 +70,7 @@ class Repo:
         self.ledger = ledger
         self.config = config
         self.info: RepoInfo = ledger.repo_info()
+        self.commit_lock = CommitLock.of(ledger)
         self._stats = stats
         self.workspace = Workspace(self.info, self._make_stats, loaded=loaded, device_map=device_map)
         self._sets: dict[str, list[EditRecord]] = {}  # commit id -> its edit records
@@ -164,13 +170,20 @@ class Repo:
                commits: Sequence[CommitRecord]) -> None:
         """Store edits and commits and move ``branch`` from ``expected`` to the last commit: one transaction."""
         new_edits = list({e.id: e for e in new_edits}.values())
-        with self.ledger.transaction():
+        with self.commit_lock.held(), self.ledger.transaction():
             if new_edits:
                 self.ledger.put_edits(new_edits)
                 for meta in self._stats_metas(new_edits):
                     self.ledger.put_stats_meta(meta)
             self.ledger.put_commits(commits)
             self.ledger.update_ref(branch_ref(branch), commits[-1].id, expected)
+
+    def _on_moving_branch(self, branch: str, what: str, attempt: Callable[[str | None], T]) -> T:
+        """``attempt(tip of branch)``, recomputed on the new tip when another writer commits first."""
+        def tip() -> str | None:
+            ref = self.ledger.get_ref(branch_ref(branch))
+            return ref.target if ref else None
+        return commit_on_moving_branch(attempt, tip, self.commit_lock, branch=branch, what=what)
 
     def _stats_metas(self, edits: Iterable[EditRecord]) -> list[StatsMeta]:
         """Where the statistics of freshly computed edits live (for `romevc verify --recompute`)."""
@@ -240,36 +253,44 @@ class Repo:
              tz: int | None = None) -> Committed:
         """Compute one edit on HEAD's weights and commit HEAD's edit set + it on HEAD's branch."""
         request = _request(request)
-        branch, parent = self._branch_head()
-        records = self.records(parent)
+        branch, _ = self._branch_head()
         t, offset = clock(time, tz)
-        record = self._compute(request, records, hparams, self._author(author), t)
-        commit = self._commit([parent], records + [record], message or request.fact(), KIND_EDIT, author, t, offset)
-        self._write(branch, parent, [record], [commit])
-        return Committed(commit, summaries([record], [False]), branch)
+
+        def attempt(parent: str | None) -> Committed:
+            records = self.records(parent)
+            record = self._compute(request, records, hparams, self._author(author), t)
+            commit = self._commit([parent], records + [record], message or request.fact(), KIND_EDIT, author, t,
+                                  offset)
+            self._write(branch, parent, [record], [commit])
+            return Committed(commit, summaries([record], [False]), branch)
+        return self._on_moving_branch(branch, "the edit", attempt)
 
     def edit_batch(self, path: str | Path, *, author: str | None = None, time: int | None = None,
                    tz: int | None = None) -> list[Committed]:
         """One commit per request line of a JSONL file, each computed on the weights of the one before."""
         lines = batch.read_requests(path)
-        branch, parent = self._branch_head()
-        records = self.records(parent)
+        branch, _ = self._branch_head()
         t, offset = clock(time, tz)
         self.workspace.editor  # load the base first: a load error is not a line's fault
-        commits, made, new, tip = [], [], [], parent
-        for line in tqdm(lines, desc="edits", unit="edit", disable=len(lines) < 2):
-            try:
-                record = self._compute(line.request, records, line.hparams, self._author(author), t)
-            except RomevcError as exc:
-                raise EditSetError(f"{path}:{line.line}: {exc}; nothing was written") from None
-            records = records + [record]
-            new.append(record)
-            commit = self._commit([tip], records, line.message or line.request.fact(), KIND_EDIT, author, t, offset)
-            commits.append(commit)
-            made.append(Committed(commit, summaries([record], [False]), branch))
-            tip = commit.id
-        self._write(branch, parent, new, commits)
-        return made
+
+        def attempt(parent: str | None) -> list[Committed]:
+            records = self.records(parent)
+            commits, made, new, tip = [], [], [], parent
+            for line in tqdm(lines, desc="edits", unit="edit", disable=len(lines) < 2):
+                try:
+                    record = self._compute(line.request, records, line.hparams, self._author(author), t)
+                except RomevcError as exc:
+                    raise EditSetError(f"{path}:{line.line}: {exc}; nothing was written") from None
+                records = records + [record]
+                new.append(record)
+                commit = self._commit([tip], records, line.message or line.request.fact(), KIND_EDIT, author, t,
+                                      offset)
+                commits.append(commit)
+                made.append(Committed(commit, summaries([record], [False]), branch))
+                tip = commit.id
+            self._write(branch, parent, new, commits)
+            return made
+        return self._on_moving_branch(branch, f"the edits of {Path(path).name}", attempt)
 
     def apply(self, editset: str | Path, *, recompute: bool = False, message: str | None = None,
               author: str | None = None, time: int | None = None, tz: int | None = None) -> Committed:
@@ -285,16 +306,19 @@ class Repo:
         if editset.is_dir():
             return self._apply_folder(editset, recompute=recompute, message=message, author=author, time=time, tz=tz)
         lines = batch.read_requests(editset)
-        branch, parent = self._branch_head()
-        records = self.records(parent)
+        branch, _ = self._branch_head()
         t, offset = clock(time, tz)
-        new = []
-        for line in tqdm(lines, desc="edits", unit="edit", disable=len(lines) < 2):
-            new.append(self._compute(line.request, records + new, line.hparams, self._author(author), t))
-        commit = self._commit([parent], records + new, message or f"Apply {editset.name}: {len(new)} edit(s)",
-                              KIND_APPLY, author, t, offset)
-        self._write(branch, parent, new, [commit])
-        return Committed(commit, summaries(new, [False] * len(new)), branch)
+
+        def attempt(parent: str | None) -> Committed:
+            records = self.records(parent)
+            new = []
+            for line in tqdm(lines, desc="edits", unit="edit", disable=len(lines) < 2):
+                new.append(self._compute(line.request, records + new, line.hparams, self._author(author), t))
+            commit = self._commit([parent], records + new, message or f"Apply {editset.name}: {len(new)} edit(s)",
+                                  KIND_APPLY, author, t, offset)
+            self._write(branch, parent, new, [commit])
+            return Committed(commit, summaries(new, [False] * len(new)), branch)
+        return self._on_moving_branch(branch, f"the edits of {editset.name}", attempt)
 
     def _apply_folder(self, folder: Path, **kwargs) -> Committed:
         if not (folder / "romevc.json").is_file():
@@ -320,20 +344,25 @@ class Repo:
             if e.module != self.info.module_template.format(e.layer) or e.layout != self.info.layout:
                 raise EditSetError(f"edit {short(e.id)} writes {e.module} ({e.layout}), which this base "
                                    f"({self.info.architecture}) does not have; it was made for another architecture")
-        branch, parent = self._branch_head()
-        records = self.records(parent)
-        have = {r.id for r in records}
-        new = [e for e in dict.fromkeys(edits) if e.id not in have]
-        if not new:
-            raise NothingToDoError("every edit of this edit set is already at HEAD; nothing to apply")
-        result = records + new
-        if recompute:
-            result, _ = recompute_stale(self.info.base_fingerprint, result, self.recompute, only={e.id for e in new})
-        landed = result[len(records):]
-        commit = self._commit([parent], result, message or f"Apply {len(landed)} edit(s)", KIND_APPLY,
-                              author, time, tz)
-        self._write(branch, parent, landed, [commit])
-        return Committed(commit, summaries(landed, self.stale(result)[len(records):]), branch)
+        branch, _ = self._branch_head()
+        t, offset = clock(time, tz)
+
+        def attempt(parent: str | None) -> Committed:
+            records = self.records(parent)
+            have = {r.id for r in records}
+            new = [e for e in dict.fromkeys(edits) if e.id not in have]
+            if not new:
+                raise NothingToDoError("every edit of this edit set is already at HEAD; nothing to apply")
+            result = records + new
+            if recompute:
+                result, _ = recompute_stale(self.info.base_fingerprint, result, self.recompute,
+                                            only={e.id for e in new})
+            landed = result[len(records):]
+            commit = self._commit([parent], result, message or f"Apply {len(landed)} edit(s)", KIND_APPLY,
+                                  author, t, offset)
+            self._write(branch, parent, landed, [commit])
+            return Committed(commit, summaries(landed, self.stale(result)[len(records):]), branch)
+        return self._on_moving_branch(branch, "the applied edits", attempt)
 
     def revert(self, ref: str, *, message: str | None = None, author: str | None = None,
                time: int | None = None, tz: int | None = None) -> Committed:
