@@ -11,7 +11,7 @@ import logging
 import click
 
 from romevc.cli import eval_commands, ledger_commands, model_commands
-from romevc.cli import remote_commands
+from romevc.cli import remote_commands, trace_commands
 
 
 @click.group()
@@ -22,7 +22,8 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="romevc: %(message)s")
 
 
-for _command in model_commands.COMMANDS + ledger_commands.COMMANDS + eval_commands.COMMANDS + remote_commands.COMMANDS:
+for _command in model_commands.COMMANDS + ledger_commands.COMMANDS + eval_commands.COMMANDS + remote_commands.COMMANDS \
+        + trace_commands.COMMANDS:
     cli.add_command(_command)
 
 
