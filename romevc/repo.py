@@ -221,7 +221,12 @@ class Repo:
 
     def model(self, ref: str | None = "HEAD"):
         """The base with ``ref``'s edit set applied (a :class:`romevc.model.LoadedModel`, cached)."""
-        self.workspace.checkout(self.records(ref) if ref else [])
+        if ref is None:
+            self.workspace.checkout([])
+        else:
+            commit = self.ledger.resolve(ref)
+            # Materialising needs only the blobs: skip decoding the records unless they are at hand.
+            self.workspace.checkout(self._sets[commit] if commit in self._sets else self.ledger.deltas_of(commit))
         return self.workspace.loaded
 
     def predictions(self, prompts: Sequence[str], targets: Sequence[str | None], ref: str | None = "HEAD",

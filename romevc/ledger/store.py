@@ -28,14 +28,14 @@ from romevc.ledger.engine import (
     WRITE_OPTION, check_reachable, is_locked_error, make_engine, sqlite_foreign_keys_off, sqlite_path,
 )
 from romevc.ledger.errors import (
-    LedgerExistsError, LedgerVersionError, NotARepositoryError, RefConflictError, RemoteExistsError,
+    CorruptObjectError, LedgerExistsError, LedgerVersionError, NotARepositoryError, RefConflictError, RemoteExistsError,
     UnknownObjectError, UnknownRemoteError,
 )
 from romevc.ledger.graph import CommitGraph
 from romevc.ledger.models import SqlCommitEdit, SqlEdit, SqlRef, SqlRemote, SqlRepo, SqlStats, check_storable
 from romevc.ledger.objects import (
     FORMAT_VERSION, BlameEntry, CommitRecord, EditRecord, Head, RefRecord, RemoteRecord, RepoInfo, StatsMeta,
-    VerifyReport, canonical_json, is_full_id, normalise_json,
+    StoredDelta, VerifyReport, canonical_json, edit_id_from_stored, is_full_id, normalise_json,
 )
 from romevc.ledger.refs import ANY, HEAD, Expected, branch_ref, check_ref_name
 from romevc.ledger.schema import current_revision, ensure_current, upgrade
@@ -269,6 +269,31 @@ class Ledger:
         for r in records:
             r.verify()
         return records
+
+    def deltas_of(self, commit_id: str) -> list[StoredDelta]:
+        """The blobs of a commit's edit set in order, each verified against its id: what checkout needs."""
+        e = SqlEdit
+
+        def op(s: Session) -> list:
+            _refs.require_commit(s, commit_id)
+            return list(s.execute(
+                select(e.id, e.request_json, e.method, e.hparams_json, e.seed, e.templates_json, e.layer, e.module,
+                       e.layout, e.rank, e.d_in, e.d_out, e.u, e.v)
+                .join(SqlCommitEdit, SqlCommitEdit.edit_id == e.id)
+                .where(SqlCommitEdit.commit_id == commit_id).order_by(SqlCommitEdit.position)))
+        out = []
+        for row in self._read(op):
+            (edit, request_json, method, hparams_json, seed, templates_json, layer, module, layout,
+             rank, d_in, d_out, u, v) = row
+            u, v = bytes(u), bytes(v)
+            if len(u) != 4 * rank * d_in or len(v) != 4 * rank * d_out or edit_id_from_stored(
+                    request_json=request_json, method=method, hparams_json=hparams_json, seed=seed,
+                    templates_json=templates_json, layer=layer, module=module, layout=layout, rank=rank,
+                    d_in=d_in, d_out=d_out, u=u, v=v) != edit:
+                self.get_edit(edit)  # the full check says what is wrong
+                raise CorruptObjectError(f"edit {edit} is corrupt; restore the ledger from a backup or re-pull it")
+            out.append(StoredDelta(edit, module, layout, rank, d_in, d_out, u, v))
+        return out
 
     def commit_on_branch(self, branch: str, record: CommitRecord) -> CommitRecord:
         """Store ``record`` and advance ``branch`` to it, in one transaction.
