@@ -325,3 +325,8 @@ def test_cli_average_refuses_records_made_with_other_settings(tmp_path, one_thre
 def test_cli_usage_errors():
     assert _invoke("--suggest-layer").exit_code == 2  # no prompt, no --average
     assert _invoke("prompt", "--subject", "p", "--suggest-layer").exit_code == 2
+
+
+def test_help_has_examples():
+    result = CliRunner().invoke(cli, ["trace", "--help"])
+    assert result.exit_code == 0 and result.output.count("Example:") == 2
