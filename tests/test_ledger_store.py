@@ -24,12 +24,13 @@ from sqlalchemy import text, update
 from romevc.errors import RomevcError
 from romevc.ledger import (
     ANY, LAYOUT_CONV1D, LAYOUT_LINEAR, AmbiguousRefError, CommitRecord, CorruptObjectError, EditRecord, Head,
-    Ledger, LedgerExistsError, NotARepositoryError, RefConflictError, RefFormatError, RemoteExistsError, RepoInfo,
+    Ledger, LedgerError, LedgerExistsError, NotARepositoryError, RefConflictError, RefFormatError, RemoteExistsError, RepoInfo,
     StatsMeta, UnknownObjectError, UnknownRefError, UnknownRemoteError, check_ref_name, default_url,
 )
 from romevc.ledger.engine import is_locked_error, normalise_url
 from romevc.ledger.errors import LedgerUnavailableError, UnstorableValueError
-from romevc.ledger.models import SqlEdit
+from romevc.ledger.models import SqlEdit, SqlRef
+from romevc.ledger.refs import worktree_head
 from tests import ledger_backends as backends
 
 INFO = RepoInfo(
@@ -305,6 +306,72 @@ def test_delete_ref(ledger):
     assert ledger.get_ref("refs/heads/old") is None
     with pytest.raises(UnknownRefError):
         ledger.delete_ref("refs/heads/old")
+
+
+def test_each_folder_has_its_own_head(shared_url):
+    """A folder joining a shared ledger reads and moves its own HEAD row, never the main one;
+    no one deletes a branch some folder has checked out; listings hide the worktree rows."""
+    main = Ledger.create(shared_url, INFO)
+    bob = Ledger(shared_url, head_name=worktree_head("b0b"))
+    with main, bob:
+        c = chain(main, 2)
+        assert bob.add_head() == Head("main", c[1].id)  # starts where the main HEAD is
+        with pytest.raises(RefConflictError, match="already exists"):
+            bob.add_head()
+        bob.update_ref("refs/heads/feature", c[0].id, None)
+        bob.set_head_symbolic("feature")
+        assert (main.head(), bob.head()) == (Head("main", c[1].id), Head("feature", c[0].id))
+        assert (main.resolve("HEAD"), bob.resolve("HEAD"), bob.resolve("@"), bob.resolve("HEAD^0")) == \
+            (c[1].id, c[0].id, c[0].id, c[0].id)
+        d = bob.commit_on_head(make_commit((c[0].id,), (), "on feature", t=10))
+        assert main.head() == Head("main", c[1].id) and bob.get_ref("refs/heads/feature").target == d.id
+        assert [x.id for x in bob.log()] == [d.id, c[0].id] and [x.id for x in main.log()] == [c[1].id, c[0].id]
+        assert bob.resolve("HEAD~1") == c[0].id and main.resolve("HEAD~1") == c[0].id
+        with pytest.raises(RefConflictError, match="checked out in another folder.*worktree b0b"):
+            main.delete_ref("refs/heads/feature")
+        with pytest.raises(RefConflictError, match="checked out in another folder.*created the ledger"):
+            bob.delete_ref("refs/heads/main")
+        with pytest.raises(RefConflictError, match="HEAD points at it"):
+            bob.delete_ref("refs/heads/feature")
+        assert [r.name for r in main.list_refs("")] == ["refs/heads/feature", "refs/heads/main"]
+        assert main.heads() == bob.heads() == {"HEAD": Head("main", c[1].id), "worktrees/b0b/HEAD": Head("feature", d.id)}
+        bob.set_head_detached(c[1].id)
+        assert main.head() == Head("main", c[1].id) and bob.head() == Head(None, c[1].id)
+        main.delete_ref("refs/heads/feature")  # no HEAD is on it any more
+        assert main.verify_all().problems == () and bob.verify_all().problems == ()
+        bob.set_head_symbolic("gone")  # unborn, like --orphan: a branch name is enough
+        assert bob.verify_all().problems == ()
+
+
+def test_verify_checks_every_head(shared_url):
+    main = Ledger.create(shared_url, INFO)
+    bob = Ledger(shared_url, head_name=worktree_head("b0b"))
+    with main, bob:
+        chain(main, 1)
+        bob.add_head()
+        with main.transaction() as s:
+            s.execute(update(SqlRef).where(SqlRef.name == "worktrees/b0b/HEAD").values(symbolic="refs/tags/v1"))
+            s.execute(update(SqlRef).where(SqlRef.name == "refs/heads/main")
+                      .values(target=None, symbolic="refs/heads/x"))
+        assert main.verify_all().problems == (
+            "ref refs/heads/main is symbolic to refs/heads/x, but only a HEAD may be symbolic",
+            "ref worktrees/b0b/HEAD is symbolic to refs/tags/v1, which is not a branch",
+        )
+        bob.remove_head()
+        assert "this folder's HEAD worktrees/b0b/HEAD is missing" in bob.verify_all().problems
+        with pytest.raises(LedgerError, match="worktrees/b0b/HEAD.*not in the ledger"):
+            bob.head()
+        with pytest.raises(LedgerError, match="worktrees/b0b/HEAD.*not in the ledger"):
+            bob.set_head_symbolic("main")
+
+
+@pytest.mark.parametrize("name", ["HEAD ", "worktrees/B0B/HEAD", "worktrees//HEAD", "worktrees/a/b/HEAD",
+                                  "refs/heads/main", "worktrees/a/HEAD/x"])
+def test_bad_head_names_are_refused(name):
+    with pytest.raises(RefFormatError):
+        Ledger("sqlite://", head_name=name)
+    with pytest.raises(RefFormatError):
+        worktree_head(name)
 
 
 @pytest.mark.parametrize("name", ["main", "refs/heads/a b", "refs/heads/a..b", "refs/heads/x.lock", "refs/heads/.x",

@@ -2,7 +2,13 @@
 
 Refs follow git: branches are ``refs/heads/<name>``, tags ``refs/tags/<name>``; ``HEAD`` is
 either symbolic (``ref: refs/heads/main``, possibly unborn: the branch has no commits
-yet) or detached (a commit id). A ref moves only by compare-and-swap: the update names
+yet) or detached (a commit id).
+
+Every folder sharing a ledger has its own HEAD, as every git worktree does: the folder that
+created the ledger uses the row ``HEAD``, a folder that joined it later the row
+``worktrees/<id>/HEAD`` (outside ``refs/``, so no branch or tag listing shows it). The
+functions below take the name of the HEAD they act for; a branch any HEAD is attached to
+cannot be deleted. A ref moves only by compare-and-swap: the update names
 the value it expects to replace, and fails with :class:`RefConflictError` when someone
 else moved the ref first, which is how git refuses a non-fast-forward push.
 
@@ -34,6 +40,8 @@ ANY: Final = _Any()  # expected_old for an unconditional ref update
 Expected = Union[str, None, _Any]  # what a CAS expects a ref to hold: a commit id, "absent", or ANY
 HEAD = "HEAD"
 HEADS, TAGS, REMOTES = "refs/heads/", "refs/tags/", "refs/remotes/"
+WORKTREES = "worktrees/"  # worktrees/<id>/HEAD: the HEAD of a folder that joined a shared ledger
+_WORKTREE_ID = re.compile(r"[0-9a-z]{1,64}")
 MIN_SHORT_ID = 4
 _ID_PREFIX_SCAN = 10  # candidates listed in an AmbiguousRefError
 
@@ -59,6 +67,28 @@ def check_ref_name(name: str) -> str:
     return name
 
 
+def worktree_head(worktree: str) -> str:
+    """``3f2a…`` → ``worktrees/3f2a…/HEAD``, the HEAD row of a folder that joined a shared ledger."""
+    if not isinstance(worktree, str) or not _WORKTREE_ID.fullmatch(worktree):
+        raise RefFormatError(f"invalid worktree id {worktree!r}: it must be 1 to 64 lowercase letters and digits; "
+                             "fix `worktree` in .romevc/config.json")
+    return f"{WORKTREES}{worktree}/{HEAD}"
+
+
+def is_head_name(name: str) -> bool:
+    """Whether ``name`` is a HEAD row: ``HEAD`` or ``worktrees/<id>/HEAD``."""
+    if name == HEAD:
+        return True
+    worktree = name.removeprefix(WORKTREES).removesuffix("/" + HEAD)
+    return name.startswith(WORKTREES) and name.endswith("/" + HEAD) and bool(_WORKTREE_ID.fullmatch(worktree))
+
+
+def check_head_name(name: str) -> str:
+    if not is_head_name(name):
+        raise RefFormatError(f"invalid HEAD name {name!r}: it must be HEAD or worktrees/<id>/HEAD")
+    return name
+
+
 def branch_ref(branch: str) -> str:
     """``main`` → ``refs/heads/main`` (a full ``refs/heads/...`` name passes through)."""
     return check_ref_name(branch if branch.startswith(HEADS) else HEADS + branch)
@@ -77,9 +107,12 @@ def get_ref(session: Session, name: str) -> RefRecord | None:
     return row.to_record() if row else None
 
 
-def read_head(session: Session) -> Head:
-    row = _ref_row(session, HEAD)
+def read_head(session: Session, head: str = HEAD) -> Head:
+    row = _ref_row(session, head)
     if row is None:
+        if head != HEAD:
+            raise LedgerError(f"this folder's HEAD ({head}) is not in the ledger; its row was deleted: run "
+                              "`romevc init --ledger URL` in a new folder to join the ledger again")
         raise LedgerError("this ledger has no HEAD; run `romevc verify` and restore it from a backup")
     if row.symbolic is None:
         return Head(None, row.target)
@@ -125,10 +158,34 @@ def _conflict(session: Session, name: str, expected: Expected) -> RefConflictErr
     )
 
 
-def delete_ref(session: Session, name: str, expected: Expected) -> None:
-    head = _ref_row(session, HEAD)
-    if head is not None and head.symbolic == name:
-        raise RefConflictError(f"cannot delete {name}: HEAD points at it; switch to another branch first")
+def heads(session: Session) -> dict[str, Head]:
+    """Every HEAD row of the ledger (``HEAD`` and each ``worktrees/<id>/HEAD``) by name."""
+    rows = session.execute(select(SqlRef.name).where(SqlRef.name.startswith(WORKTREES, autoescape=True)
+                                                     | (SqlRef.name == HEAD))).scalars()
+    return {name: read_head(session, name) for name in sorted(rows) if is_head_name(name)}
+
+
+def checked_out_error(name: str, holders: list[str], head: str) -> RefConflictError | None:
+    """Why ``name`` may not be deleted when the HEADs ``holders`` are attached to it (None: it may).
+
+    ``head`` is the HEAD of the folder asking: its own HEAD is named as such, any other is
+    another folder sharing the ledger, as git refuses a branch checked out in another worktree.
+    """
+    if head in holders:
+        return RefConflictError(f"cannot delete {name}: HEAD points at it; switch to another branch first")
+    if holders:
+        where = ", ".join("the folder that created the ledger" if h == HEAD else
+                          f"worktree {h.removeprefix(WORKTREES).removesuffix('/' + HEAD)}" for h in holders)
+        return RefConflictError(f"cannot delete {name}: it is checked out in another folder sharing this ledger "
+                                f"({where}); switch that folder to another branch first")
+    return None
+
+
+def delete_ref(session: Session, name: str, expected: Expected, head: str = HEAD) -> None:
+    holders = sorted(session.execute(select(SqlRef.name).where(SqlRef.symbolic == name)).scalars())
+    refused = checked_out_error(name, [h for h in holders if is_head_name(h)], head)
+    if refused is not None:
+        raise refused
     stmt = delete(SqlRef).where(SqlRef.name == name)
     if expected is not ANY:
         stmt = stmt.where(SqlRef.target == expected)
@@ -140,9 +197,9 @@ def delete_ref(session: Session, name: str, expected: Expected) -> None:
 
 # -- revision parsing ----------------------------------------------------------------------
 
-def _base_commit(session: Session, base: str, refish: str) -> str:
+def _base_commit(session: Session, base: str, refish: str, head_name: str) -> str:
     if base in (HEAD, "@"):
-        head = read_head(session)
+        head = read_head(session, head_name)
         if head.commit is None:
             raise UnknownRefError(f"HEAD has no commits yet (branch {head.branch!r} is unborn): nothing to show for {refish!r}")
         return head.commit
@@ -196,8 +253,9 @@ def _nth_parent(session: Session, commit: str, n: int, refish: str) -> str:
     return parent
 
 
-def resolve(session: Session, refish: str) -> str:
-    """A full commit id for ``refish``: HEAD, a branch, tag, full or short id, then ``~N``/``^N``.
+def resolve(session: Session, refish: str, head: str = HEAD) -> str:
+    """A full commit id for ``refish``: HEAD (the row named ``head``), a branch, tag, full or
+    short id, then ``~N``/``^N``.
 
     Names win over id prefixes, like git. A short name that is both a branch and a tag is
     an :class:`AmbiguousRefError` (git would pick the tag and warn). ``X~N`` follows first
@@ -211,7 +269,7 @@ def resolve(session: Session, refish: str) -> str:
     ops = _SUFFIX_OP.findall(suffix)
     if "".join(op + num for op, num in ops) != suffix or not base:
         raise UnknownRefError(f"cannot parse revision {refish!r}; write e.g. HEAD~2, main^2 or a1b2c3d")
-    commit = _base_commit(session, base, refish)
+    commit = _base_commit(session, base, refish, head)
     for op, num in ops:
         n = int(num) if num else 1
         if op == "~":

@@ -17,7 +17,7 @@ import time as _time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, TypeVar
 
-from sqlalchemy import insert, inspect, select, update
+from sqlalchemy import delete, insert, inspect, select, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -28,8 +28,8 @@ from romevc.ledger.engine import (
     WRITE_OPTION, check_reachable, is_locked_error, make_engine, sqlite_foreign_keys_off, sqlite_path,
 )
 from romevc.ledger.errors import (
-    CorruptObjectError, LedgerExistsError, LedgerVersionError, NotARepositoryError, RefConflictError, RemoteExistsError,
-    UnknownObjectError, UnknownRemoteError,
+    CorruptObjectError, LedgerError, LedgerExistsError, LedgerVersionError, NotARepositoryError, RefConflictError,
+    RemoteExistsError, UnknownObjectError, UnknownRemoteError,
 )
 from romevc.ledger.graph import CommitGraph
 from romevc.ledger.models import SqlCommitEdit, SqlEdit, SqlRef, SqlRemote, SqlRepo, SqlStats, check_storable
@@ -37,7 +37,7 @@ from romevc.ledger.objects import (
     FORMAT_VERSION, BlameEntry, CommitRecord, EditRecord, Head, RefRecord, RemoteRecord, RepoInfo, StatsMeta,
     StoredDelta, VerifyReport, canonical_json, edit_id_from_stored, is_full_id, normalise_json,
 )
-from romevc.ledger.refs import ANY, HEAD, Expected, branch_ref, check_ref_name
+from romevc.ledger.refs import ANY, HEAD, Expected, branch_ref, check_head_name, check_ref_name, is_head_name
 from romevc.ledger.schema import current_revision, ensure_current, upgrade
 from romevc.ledger.verify import verify_all as _verify_all
 
@@ -58,13 +58,18 @@ class Ledger:
 
     ``Ledger(url)`` opens an existing ledger, upgrading an older schema in place and
     refusing a newer one; ``Ledger.create(url, info)`` makes a new one.
+
+    ``head_name`` is the HEAD this object reads and moves: ``HEAD`` for the folder that
+    created the ledger, ``worktrees/<id>/HEAD`` for a folder that joined it (see
+    :mod:`romevc.ledger.refs`); ``"HEAD"`` and ``"@"`` in revisions mean that row.
     """
 
-    def __init__(self, url: str | URL) -> None:
+    def __init__(self, url: str | URL, *, head_name: str = HEAD) -> None:
+        check_head_name(head_name)
         path = sqlite_path(url)
         if path is not None and not path.is_file():
             raise NotARepositoryError(f"no romevc ledger at {path}; create one with `romevc init`")
-        self._setup(url)
+        self._setup(url, head_name)
         try:
             ensure_current(self._engine, self._where)
             info = self.repo_info()
@@ -76,7 +81,8 @@ class Ledger:
             self.close()
             raise
 
-    def _setup(self, url: str | URL) -> None:
+    def _setup(self, url: str | URL, head_name: str = HEAD) -> None:
+        self.head_name = head_name
         self.url = make_url(url)
         self._where = str(sqlite_path(self.url) or self.url.render_as_string(hide_password=True))
         self._engine = make_engine(self.url)
@@ -320,12 +326,12 @@ class Ledger:
         record.verify()
 
         def op(s: Session) -> CommitRecord:
-            head = _refs.read_head(s)
+            head = _refs.read_head(s, self.head_name)
             _q.insert_commits(s, [record])
             expected = record.parents[0] if record.parents else None
             if head.branch is not None:
                 _refs.compare_and_swap(s, branch_ref(head.branch), record.id, expected)
-            elif s.execute(update(SqlRef).where(SqlRef.name == HEAD, SqlRef.target == expected)
+            elif s.execute(update(SqlRef).where(SqlRef.name == self.head_name, SqlRef.target == expected)
                            .values(target=record.id)).rowcount != 1:
                 raise RefConflictError(f"HEAD moved: expected it at {str(expected)[:12]}; try again")
             return record
@@ -342,9 +348,9 @@ class Ledger:
         loaded in one query; only the returned commits' records are read.
         """
         def op(s: Session) -> list[CommitRecord]:
-            if start is None and _refs.read_head(s).commit is None:
+            if start is None and _refs.read_head(s, self.head_name).commit is None:
                 return []
-            tip = _refs.resolve(s, start or HEAD)
+            tip = _refs.resolve(s, start or HEAD, self.head_name)
             graph = CommitGraph.load(s)
             ids = graph.first_parent_chain(tip, limit) if first_parent else graph.date_order(tip, limit)
             records = _q.load_commits(s, ids)
@@ -354,14 +360,15 @@ class Ledger:
     def is_ancestor(self, ancestor: str, descendant: str) -> bool:
         """Whether ``ancestor`` (a refish) is reachable from ``descendant``: a fast-forward test."""
         def op(s: Session) -> bool:
-            a, d = _refs.resolve(s, ancestor), _refs.resolve(s, descendant)
+            a, d = _refs.resolve(s, ancestor, self.head_name), _refs.resolve(s, descendant, self.head_name)
             return CommitGraph.load(s).is_ancestor(a, d)
         return self._read(op)
 
     def merge_bases(self, a: str, b: str) -> list[str]:
         """The best common ancestors of two refishes, newest first (empty when unrelated)."""
         def op(s: Session) -> list[str]:
-            return CommitGraph.load(s).merge_bases(_refs.resolve(s, a), _refs.resolve(s, b))
+            return CommitGraph.load(s).merge_bases(_refs.resolve(s, a, self.head_name),
+                                                   _refs.resolve(s, b, self.head_name))
         return self._read(op)
 
     def blame(self, *, subject: str | None = None, layer: int | None = None,
@@ -371,9 +378,9 @@ class Ledger:
         the edit's layer equals ``layer`` (no filter: every edit).
         """
         def op(s: Session) -> list[BlameEntry]:
-            if start is None and _refs.read_head(s).commit is None:
+            if start is None and _refs.read_head(s, self.head_name).commit is None:
                 return []
-            tip = _refs.resolve(s, start or HEAD)
+            tip = _refs.resolve(s, start or HEAD, self.head_name)
             return _q.blame(s, CommitGraph.load(s).first_parent_chain(tip)[::-1], subject=subject, layer=layer)
         return self._read(op)
 
@@ -384,25 +391,53 @@ class Ledger:
 
         Raises :class:`UnknownRefError` or :class:`AmbiguousRefError` (with ``candidates``).
         """
-        return self._read(lambda s: _refs.resolve(s, refish))
+        return self._read(lambda s: _refs.resolve(s, refish, self.head_name))
 
     def head(self) -> Head:
-        """``Head(branch, commit)``: branch is None when detached, commit None when unborn."""
-        return self._read(_refs.read_head)
+        """``Head(branch, commit)`` of this folder's HEAD: branch is None when detached, commit None when unborn."""
+        return self._read(lambda s: _refs.read_head(s, self.head_name))
+
+    def heads(self) -> dict[str, Head]:
+        """Every folder's HEAD by row name (``HEAD``, ``worktrees/<id>/HEAD``), this one's included."""
+        return self._read(_refs.heads)
+
+    def add_head(self) -> Head:
+        """Create this object's HEAD row, a copy of the main ``HEAD`` (attached to the same branch,
+        or detached at the same commit): what a folder joining a shared ledger starts from."""
+        if self.head_name == HEAD:
+            raise LedgerError("the main HEAD is made with the ledger; only a worktree HEAD is added")
+
+        def op(s: Session) -> Head:
+            main = s.get(SqlRef, HEAD)
+            if main is None:
+                raise LedgerError("this ledger has no HEAD; run `romevc verify` and restore it from a backup")
+            if s.get(SqlRef, self.head_name) is not None:
+                raise RefConflictError(f"{self.head_name} already exists; pick another worktree id")
+            s.add(SqlRef(name=self.head_name, target=main.target, symbolic=main.symbolic))
+            s.flush()
+            return _refs.read_head(s, self.head_name)
+        return self._write(op)
+
+    def remove_head(self) -> None:
+        """Delete this object's worktree HEAD row (a folder leaving the ledger); the main HEAD stays."""
+        if self.head_name == HEAD:
+            raise LedgerError("the main HEAD cannot be removed; only a worktree HEAD can")
+        self._write(lambda s: s.execute(delete(SqlRef).where(SqlRef.name == self.head_name)))
+
+    def _move_head(self, s: Session, **values: str | None) -> None:
+        if s.execute(update(SqlRef).where(SqlRef.name == self.head_name).values(**values)).rowcount != 1:
+            _refs.read_head(s, self.head_name)  # raises: the row is missing
 
     def set_head_symbolic(self, branch: str) -> None:
         """Attach HEAD to a branch (``main`` or ``refs/heads/main``), which may be unborn."""
         name = branch_ref(branch)
-
-        def op(s: Session) -> None:
-            s.execute(update(SqlRef).where(SqlRef.name == HEAD).values(target=None, symbolic=name))
-        self._write(op)
+        self._write(lambda s: self._move_head(s, target=None, symbolic=name))
 
     def set_head_detached(self, commit_id: str) -> None:
         """Detach HEAD at a commit (full id)."""
         def op(s: Session) -> None:
             _refs.require_commit(s, commit_id)
-            s.execute(update(SqlRef).where(SqlRef.name == HEAD).values(target=commit_id, symbolic=None))
+            self._move_head(s, target=commit_id, symbolic=None)
         self._write(op)
 
     def get_ref(self, name: str) -> RefRecord | None:
@@ -418,9 +453,9 @@ class Ledger:
         return self._write(lambda s: _refs.compare_and_swap(s, name, new, expected_old))
 
     def delete_ref(self, name: str, expected_old: Expected = ANY) -> None:
-        """Delete a branch or tag (CAS like :meth:`update_ref`); not the branch HEAD is on."""
+        """Delete a branch or tag (CAS like :meth:`update_ref`); not a branch any folder's HEAD is on."""
         check_ref_name(name)
-        self._write(lambda s: _refs.delete_ref(s, name, expected_old))
+        self._write(lambda s: _refs.delete_ref(s, name, expected_old, self.head_name))
 
     def list_refs(self, prefix: str = "refs/") -> list[RefRecord]:
         """Refs whose name starts with ``prefix`` (``refs/heads/``, ``refs/tags/``), by name."""
@@ -428,8 +463,8 @@ class Ledger:
             rows = s.execute(select(SqlRef).where(SqlRef.name.startswith(prefix, autoescape=True))).scalars()
             # Filtered and sorted here: SQLite's LIKE ignores ASCII case, and a server's collation
             # may not sort by code point.
-            return sorted((row.to_record() for row in rows if row.name != HEAD and row.name.startswith(prefix)),
-                          key=lambda r: r.name)
+            return sorted((row.to_record() for row in rows
+                           if not is_head_name(row.name) and row.name.startswith(prefix)), key=lambda r: r.name)
         return self._read(op)
 
     # -- remotes ------------------------------------------------------------------------
@@ -512,4 +547,4 @@ class Ledger:
 
     def verify_all(self) -> VerifyReport:
         """Recompute every id, check every reference; report problems instead of raising."""
-        return self._read(_verify_all)
+        return self._read(lambda s: _verify_all(s, self.head_name))

@@ -3,6 +3,9 @@
 It reports rather than raises, so one bad blob does not hide the next. Edits stream in
 batches (their blobs are the bulk of a ledger); commits, parents and edit sets are read
 in id order and merged, one query each, never one query per commit.
+
+Every folder sharing the ledger has a HEAD row (``HEAD``, ``worktrees/<id>/HEAD``); each is
+checked like any ref, and the main HEAD and the verifying folder's own must exist.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from sqlalchemy.orm import Session, aliased
 from romevc.ledger.errors import CorruptObjectError
 from romevc.ledger.models import SqlCommit, SqlCommitEdit, SqlCommitParent, SqlEdit, SqlRef
 from romevc.ledger.objects import CommitRecord, VerifyReport
+from romevc.ledger.refs import HEAD, HEADS, is_head_name
 
 _BATCH = 256
 
@@ -39,7 +43,7 @@ def _merged(groups: Iterator[tuple[str, tuple[str, ...]]]):
     return lookup
 
 
-def verify_all(session: Session) -> VerifyReport:
+def verify_all(session: Session, head_name: str = HEAD) -> VerifyReport:
     problems: list[str] = []
 
     n_edits = 0
@@ -89,8 +93,12 @@ def verify_all(session: Session) -> VerifyReport:
     for name, target, symbolic in refs:
         if target is not None and target not in existing_targets:
             problems.append(f"ref {name} points at commit {target}, which is missing")
-        if symbolic is not None and not symbolic.startswith("refs/heads/"):
+        if symbolic is not None and not symbolic.startswith(HEADS):
             problems.append(f"ref {name} is symbolic to {symbolic}, which is not a branch")
-    if not any(name == "HEAD" for name, _, _ in refs):
-        problems.append("HEAD is missing")
+        if symbolic is not None and not is_head_name(name):
+            problems.append(f"ref {name} is symbolic to {symbolic}, but only a HEAD may be symbolic")
+    names = {name for name, _, _ in refs}
+    for head in dict.fromkeys((HEAD, head_name)):
+        if head not in names:
+            problems.append(f"{head} is missing" if head == HEAD else f"this folder's HEAD {head} is missing")
     return VerifyReport(edits=n_edits, commits=n_commits, refs=len(refs), problems=tuple(problems))
