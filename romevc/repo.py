@@ -87,7 +87,8 @@ class Repo:
         The base is loaded once to record what every edit will apply to (pass ``loaded``
         to reuse a :class:`romevc.model.LoadedModel`, ``stats`` a ``StatsCache``). With
         ``ledger_url`` naming an existing shared ledger, the folder joins it instead,
-        provided the base fingerprints agree.
+        provided the base fingerprints agree, with a HEAD of its own that starts where the
+        ledger's main HEAD is (checkouts here never move another folder's HEAD).
         """
         from romevc.model import load_base
 
@@ -105,7 +106,7 @@ class Repo:
         """The repository at ``path`` or its nearest parent (:class:`NotARepositoryError` if none)."""
         root = find_root(path)
         config = RepoConfig.read(root / DOT_DIR / CONFIG_FILE)
-        ledger = Ledger(config.ledger or default_url(root))
+        ledger = Ledger(config.ledger or default_url(root), head_name=config.head_name)
         try:
             return cls(root, ledger, config, loaded=loaded, stats=stats, device_map=device_map)
         except BaseException:
@@ -425,7 +426,8 @@ class Repo:
         return branches.branch(self.ledger, name, start)
 
     def delete_branch(self, name: str, *, force: bool = False) -> str:
-        """Delete a branch; unless ``force``, only one whose tip HEAD already contains. Returns its tip."""
+        """Delete a branch; unless ``force``, only one whose tip HEAD already contains; never one that
+        any folder sharing the ledger has checked out. Returns its tip."""
         return branches.delete_branch(self.ledger, name, force=force)
 
     def checkout(self, ref: str | None, *, create: str | None = None, orphan: str | None = None) -> Head:

@@ -6,6 +6,7 @@ author and time are fixed; every refused change leaves the ledger as it was.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sqlite3
@@ -19,7 +20,7 @@ from romevc.editing.request import EditRequest
 from romevc.ledger import LedgerVersionError, NotARepositoryError, UnknownRefError
 from romevc.ledger.errors import AmbiguousRefError
 from romevc.porcelain.errors import (
-    BaseMismatchError, DetachedHeadError, EditSetError, NothingToDoError, RepositoryExistsError,
+    BaseMismatchError, DetachedHeadError, EditSetError, NothingToDoError, RepoError, RepositoryExistsError,
 )
 from romevc.porcelain.materialize import weights_fingerprint_of
 from romevc.repo import Repo
@@ -92,6 +93,26 @@ def test_a_ledger_url_and_a_newer_ledger(make_repo, tmp_path, tiny):
         db.execute("UPDATE repo SET format_version = 99")
     with pytest.raises(LedgerVersionError, match="newer romevc"):
         Repo.open(tmp_path / "a")
+
+
+def test_a_folder_joining_a_shared_ledger_gets_a_head_of_its_own(tmp_path, tiny):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    with Repo.init(tmp_path / "a", str(FIXTURE), ledger_url=url, loaded=tiny, author=AUTHOR, time=0) as a:
+        assert (a.config.worktree, a.ledger.head_name) == (None, "HEAD")
+        a.checkout(None, orphan="trunk")  # b starts on the branch the ledger's HEAD is on
+    with pytest.raises(BaseMismatchError):  # a refused join leaves no HEAD row behind
+        Repo.init(tmp_path / "c", str(FIXTURE), ledger_url=url, loaded=dataclasses.replace(tiny, fingerprint="0" * 64))
+    with Repo.init(tmp_path / "b", str(FIXTURE), ledger_url=url, loaded=tiny) as b:
+        worktree = b.config.worktree
+        assert b.ledger.head_name == f"worktrees/{worktree}/HEAD" and b.status().branch == "trunk"
+        assert list(b.ledger.heads()) == ["HEAD", f"worktrees/{worktree}/HEAD"]
+        b.checkout(None, orphan="other")
+    with Repo.open(tmp_path / "a") as a, Repo.open(tmp_path / "b") as b:
+        assert (a.status().branch, b.status().branch) == ("trunk", "other")
+    config = tmp_path / "b" / ".romevc" / "config.json"
+    config.write_text(config.read_text().replace(worktree, "../HEAD"))
+    with pytest.raises(RepoError, match="invalid worktree id"):
+        Repo.open(tmp_path / "b")
 
 
 # -- edit, revert, checkout ------------------------------------------------------------------------------

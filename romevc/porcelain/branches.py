@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from romevc.ledger import Head, Ledger, branch_ref, tag_ref
 from romevc.ledger.errors import RefFormatError, UnknownRefError
+from romevc.ledger.refs import checked_out_error
 from romevc.porcelain.errors import RepoError
 from romevc.porcelain.reports import BranchInfo
 
@@ -32,11 +33,20 @@ def branch(ledger: Ledger, name: str, start: str = "HEAD") -> BranchInfo:
 
 
 def delete_branch(ledger: Ledger, name: str, *, force: bool = False) -> str:
-    """Delete a branch; unless ``force``, only one whose tip HEAD already contains. Returns its tip."""
+    """Delete a branch; unless ``force``, only one whose tip HEAD already contains. Returns its tip.
+
+    A branch that any folder sharing the ledger has checked out is refused even with ``force``,
+    as git refuses one checked out in another worktree; the ledger checks again as it deletes.
+    """
     ref = branch_ref(name)
     record = ledger.get_ref(ref)
     if record is None:
         raise UnknownRefError(f"no branch named {name!r}; see `romevc branch`")
+    heads = ledger.heads()
+    refused = checked_out_error(ref, [n for n, h in heads.items() if h.branch == record.short_name],
+                                ledger.head_name)
+    if refused is not None:
+        raise refused
     head = ledger.head()
     if not force and (head.commit is None or not ledger.is_ancestor(record.target, head.commit)):
         raise RepoError(f"branch {name!r} is not merged into HEAD; delete it anyway with -D")

@@ -3,10 +3,17 @@
 The config is the only file besides the ledger: JSON, written to a temporary name and
 renamed. It says where the ledger lives (an SQLAlchemy URL, default
 ``.romevc/ledger.db``) and how second-moment statistics are gathered.
+
+A folder that joins an existing shared ledger gets a random worktree id, kept in its config,
+and its own HEAD row ``worktrees/<id>/HEAD`` in the ledger, so one teammate's checkout never
+moves another's HEAD (git's per-worktree HEAD). The folder that created the ledger has no
+worktree id and uses the row ``HEAD``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import secrets
 import shutil
 import time as _time
 from dataclasses import asdict, dataclass, replace
@@ -14,7 +21,8 @@ from pathlib import Path
 
 from romevc import paths
 from romevc.ledger import Ledger, LedgerExistsError, RepoInfo, default_url
-from romevc.ledger.errors import NotARepositoryError
+from romevc.ledger.errors import NotARepositoryError, RefFormatError
+from romevc.ledger.refs import HEAD, worktree_head
 from romevc.porcelain.errors import BaseMismatchError, RepoError
 
 DOT_DIR, CONFIG_FILE = ".romevc", "config.json"
@@ -30,7 +38,13 @@ class RepoConfig:
     stats_corpus: str | None = None  # None: romevc's default corpus
     stats_tokens: int | None = None  # None: the engine's default
     stats_root: str | None = None  # None: the user cache
+    worktree: str | None = None  # None: this folder created the ledger and uses its HEAD row
     format: int = CONFIG_FORMAT
+
+    @property
+    def head_name(self) -> str:
+        """The ledger row holding this folder's HEAD: ``HEAD``, or ``worktrees/<id>/HEAD`` once joined."""
+        return HEAD if self.worktree is None else worktree_head(self.worktree)
 
     @classmethod
     def read(cls, path: Path) -> "RepoConfig":
@@ -40,7 +54,12 @@ class RepoConfig:
             raise NotARepositoryError(f"cannot read {path}: {exc}; restore it or run `romevc init` again") from None
         if not isinstance(data, dict) or data.get("format", 0) > CONFIG_FORMAT:
             raise RepoError(f"{path} was written by a newer romevc; upgrade romevc")
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        config = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        try:
+            config.head_name
+        except RefFormatError as exc:
+            raise RepoError(f"{path}: {exc}") from None
+        return config
 
     def write(self, path: Path) -> None:
         paths.atomic_write_text(path, json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
@@ -100,11 +119,25 @@ def create(root: Path, info: RepoInfo, config: RepoConfig, initial_branch: str =
         except LedgerExistsError:
             if config.ledger is None:
                 raise
-            ledger = Ledger(config.ledger)  # joining a shared ledger
-            if ledger.repo_info().base_fingerprint != info.base_fingerprint:
+            # Joining a shared ledger: a HEAD of this folder's own, starting where the main HEAD is.
+            config = replace(config, worktree=secrets.token_hex(8))
+            ledger = Ledger(config.ledger, head_name=config.head_name)
+            try:
+                if ledger.repo_info().base_fingerprint != info.base_fingerprint:
+                    raise BaseMismatchError(f"the ledger at {config.ledger} belongs to another base; "
+                                            "pass the same --base")
+                ledger.add_head()
+            except BaseException:
                 ledger.close()
-                raise BaseMismatchError(f"the ledger at {config.ledger} belongs to another base; pass the same --base")
-        config.write(dot / CONFIG_FILE)
+                raise
+        try:
+            config.write(dot / CONFIG_FILE)
+        except BaseException:
+            if config.worktree is not None:
+                with contextlib.suppress(Exception):  # the write's error is the one to report
+                    ledger.remove_head()
+            ledger.close()
+            raise
     except BaseException:
         if made_dot:
             shutil.rmtree(dot, ignore_errors=True)

@@ -62,9 +62,7 @@ def _contexts(repo: "Repo") -> tuple[dict[str, tuple[str, int]], set[str]]:
     exactly the weights it was computed against; and the edits that have no such place."""
     ledger = repo.ledger
     tips = {r.target for r in ledger.list_refs() if r.target}
-    head = ledger.head().commit
-    if head:
-        tips.add(head)
+    tips |= {h.commit for h in ledger.heads().values() if h.commit}  # every folder's HEAD, detached ones too
     commits: dict[str, object] = {}
     for tip in sorted(tips):
         for c in ledger.log(tip):
