@@ -16,6 +16,7 @@ from romevc.cli import cli
 from romevc.cli.ledger_commands import COMMANDS
 from romevc.editing.request import EditRequest
 from romevc.repo import Repo
+from tests.shared_ledger import two_folders_keep_their_own_heads
 from tests.tiny_facts import FIXTURE, A, B, C, fact
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -174,6 +175,10 @@ def test_branch_checkout_tag(run, repo_dir):
     assert run("tag", "-d", "v1").stdout == f"Deleted tag 'v1' (was {tip[:7]})\n"
     assert json.loads(run("branch", "--json").stdout) == [{"name": "main", "commit": tip, "current": True},
                                                          {"name": "side", "commit": tip, "current": False}]
+
+
+def test_two_folders_on_one_sqlite_ledger_keep_their_own_heads(invoke_cli, monkeypatch, tmp_path):
+    two_folders_keep_their_own_heads(invoke_cli, monkeypatch, tmp_path, f"sqlite:///{tmp_path / 'shared.db'}")
 
 
 def test_merge_conflict_resolution_and_rebase(run, repo_dir):

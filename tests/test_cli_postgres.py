@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 
 from romevc.repo import Repo
 from tests import ledger_backends as backends
+from tests.shared_ledger import two_folders_keep_their_own_heads
 from tests.tiny_facts import FIXTURE, A, B
 
 pytestmark = [pytest.mark.skipif(backends.POSTGRES_URL is None, reason=backends.POSTGRES_SKIP),
@@ -68,3 +69,7 @@ def test_init_edit_log_checkout_on_postgresql(invoke_cli, monkeypatch, tmp_path,
     assert {b["name"]: b["commit"] for b in json.loads(invoke_cli("branch", "--json").stdout)} == \
         {"main": first, "feature": second}
     assert json.loads(invoke_cli("verify", "--json").stdout)["ok"] is True
+
+
+def test_two_folders_on_postgresql_keep_their_own_heads(invoke_cli, monkeypatch, tmp_path, pg_url):
+    two_folders_keep_their_own_heads(invoke_cli, monkeypatch, tmp_path, pg_url)
