@@ -30,9 +30,17 @@ class EditRequestError(RomevcError):
     """An edit request that cannot be carried out as written (subject missing, empty target)."""
 
 
+class HyperParamsError(RomevcError, ValueError):
+    """Hyperparameters out of range or of the wrong type (a ``ValueError`` too, as dataclass checks raise)."""
+
+
 class EditComputationError(RomevcError):
     """An edit whose optimisation diverged (NaN/inf); nothing is written."""
 
 
 class LayerOutOfRangeError(RomevcError):
     """A layer index the model does not have."""
+
+
+class SafetensorsFormatError(RomevcError):
+    """A file that is not valid safetensors: truncated, a header that lies, or a pickle renamed."""

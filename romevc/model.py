@@ -18,7 +18,8 @@ import torch
 
 from romevc import paths
 from romevc.architectures import Architecture, architecture_for
-from romevc.errors import ModelLoadError
+from romevc.errors import ModelLoadError, SafetensorsFormatError
+from romevc.safe_tensors import read_header
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,46 @@ def weight_files(location: Path) -> list[Path]:
             f"no .safetensors weights in {location} (found: {found}); romevc loads only safetensors"
         )
     return files
+
+
+def weight_shapes(location: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name → shape over every safetensors weight file at ``location``, from the headers alone
+    (empty for a GGUF file, whose shapes romevc does not parse).
+
+    Each header is checked (:mod:`romevc.safe_tensors`), so a truncated file, offsets beyond the
+    file, a memory bomb or a renamed pickle is refused before transformers reads it.
+    """
+    if location.is_file():
+        return {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in weight_files(location):
+        try:
+            shapes.update({name: t.shape for name, t in read_header(file).tensors.items()})
+        except SafetensorsFormatError as exc:
+            raise ModelLoadError(f"cannot load the base in {location}: {exc}") from None
+    return shapes
+
+
+def cached_location(spec: BaseSpec) -> Path | None:
+    """Where ``spec``'s weights already are on this machine, without downloading (None: not here)."""
+    if spec.id.lower() in DEMO_ALIASES:
+        folder = demo_model_dir()
+        return folder if (folder / "config.json").exists() else None
+    try:
+        local = Path(spec.id).expanduser()
+        if local.exists():
+            return local
+    except (OSError, ValueError, RuntimeError):
+        return None
+    if not _HUB_ID.match(spec.id):
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(spec.id, revision=spec.revision, allow_patterns=["*.safetensors"],
+                                      local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the cache (huggingface_hub raises several types)
+        return None
 
 
 def fingerprint(location: Path) -> str:
@@ -248,6 +289,7 @@ def load_base(
         if not (location / "config.json").exists():
             raise ModelLoadError(f"{location} has no config.json: not a transformers model folder")
     digest = fingerprint(location)
+    weight_shapes(location)  # every header checked before transformers opens a file
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, **extra, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(folder, **extra)

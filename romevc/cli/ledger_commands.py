@@ -214,7 +214,8 @@ def log_(ref, oneline, first_parent, limit, repo, as_json):
     """
     from romevc.porcelain.reports import commit_dict
 
-    commits = repo.log(ref, first_parent=first_parent, limit=limit)
+    # An explicit REF, even "", must name a commit: only a missing REF means HEAD.
+    commits = repo.log(None if ref is None else repo.ledger.resolve(ref), first_parent=first_parent, limit=limit)
     decor = repo.decorations()
     data = [{**commit_dict(c), "refs": decor.get(c.id, [])} for c in commits]
 
@@ -476,11 +477,11 @@ def branch(name, start, delete, force_delete, repo, as_json):
     Example: romevc branch feature
     """
     if delete or force_delete:
-        if not name:
+        if name is None:
             raise click.UsageError("-d needs a branch NAME")
         tip = repo.delete_branch(name, force=force_delete)
         emit({"deleted": name, "commit": tip}, as_json, lambda d: f"Deleted branch {name} (was {tip[:SHORT]}).")
-    elif name:
+    elif name is not None:  # "" is a name, and refused as one
         made = repo.branch(name, start)
         emit(made.to_dict(), as_json, lambda d: f"Created branch {name} at {made.commit[:SHORT]}")
     else:
@@ -502,7 +503,7 @@ def checkout(ref, new_branch, orphan, repo, as_json):
     """
     if ref is None and new_branch is None and orphan is None:
         raise click.UsageError("give a REF, -b NAME or --orphan NAME")
-    head = repo.checkout(ref or "HEAD", create=new_branch, orphan=orphan)
+    head = repo.checkout("HEAD" if ref is None else ref, create=new_branch, orphan=orphan)
     data = {"branch": head.branch, "commit": head.commit, "detached": head.branch is None}
 
     def render(d) -> str:
@@ -529,11 +530,11 @@ def tag(name, ref, delete, repo, as_json):
     Example: romevc tag v1 HEAD~1
     """
     if delete:
-        if not name:
+        if name is None:
             raise click.UsageError("-d needs a tag NAME")
         tip = repo.delete_tag(name)
         emit({"deleted": name, "commit": tip}, as_json, lambda d: f"Deleted tag '{name}' (was {tip[:SHORT]})")
-    elif name:
+    elif name is not None:
         made = repo.tag(name, ref)
         emit(made.to_dict(), as_json, lambda d: f"Tagged {made.commit[:SHORT]} as {name}")
     else:

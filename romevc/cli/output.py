@@ -20,11 +20,28 @@ class UserError(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
+def _check_text(kwargs: dict[str, Any]) -> None:
+    """Refuse an argument with a lone surrogate: how Python spells bytes of a command line that
+    are not UTF-8. No name, ref, message or path romevc stores or looks up can hold one."""
+    for name, value in kwargs.items():
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(item, str):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    ctx = click.get_current_context(silent=True)
+                    param = next((p for p in (ctx.command.params if ctx else []) if p.name == name), None)
+                    shown = param.opts[0] if param is not None and param.opts and param.opts[0].startswith("-") else \
+                        (param.human_readable_name if param is not None else name)
+                    raise UserError(f"{shown} is not valid UTF-8 text ({item!r}); retype it") from None
+
+
 def guarded(func: Callable) -> Callable:
     """Turn a ``RomevcError`` raised by a command into a one-line ``error:`` and exit 1."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        _check_text(kwargs)
         try:
             return func(*args, **kwargs)
         except RomevcError as exc:

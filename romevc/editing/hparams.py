@@ -6,9 +6,36 @@ part of the hyperparameters, so an edit can be recomputed exactly.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
+from romevc.errors import HyperParamsError
+
 METHODS = ("rome", "r-rome")
+MAX_SEED = 2**63 - 1  # torch.Generator takes 64 bits; the ledger stores a signed 64-bit integer
+MAX_TEMPLATE_TOKENS = 1024  # longer prefixes would crowd out the prompt in every context window we support
+MAX_TEMPLATE_COUNT = 1000  # each prefix costs one forward pass per optimisation step
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _templates(spec: object) -> tuple[tuple[int, int], ...]:
+    """``spec`` as (tokens, count) pairs of integers, or :class:`HyperParamsError`."""
+    pairs = list(spec) if isinstance(spec, (list, tuple)) else None
+    if pairs is None or not all(isinstance(p, (list, tuple)) and len(p) == 2 and all(map(_is_int, p)) for p in pairs):
+        raise HyperParamsError(f"`templates` must be a list of [tokens, count] integer pairs, got {spec!r}")
+    for tokens, count in pairs:
+        if not (1 <= tokens <= MAX_TEMPLATE_TOKENS and 0 <= count <= MAX_TEMPLATE_COUNT):
+            raise HyperParamsError(f"`templates`: each pair needs 1 to {MAX_TEMPLATE_TOKENS} tokens and 0 to "
+                                   f"{MAX_TEMPLATE_COUNT} prefixes, got [{tokens}, {count}]")
+    return tuple((tokens, count) for tokens, count in pairs)
 
 
 @dataclass(frozen=True)
@@ -35,20 +62,23 @@ class RomeHyperParams:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"`method` must be one of {METHODS}, got {self.method!r}")
-        if self.layer is not None and (not isinstance(self.layer, int) or self.layer < 0):
-            raise ValueError(f"`layer` must be a non-negative integer or None, got {self.layer!r}")
-        if not isinstance(self.v_steps, int) or self.v_steps < 1:
-            raise ValueError(f"`v_steps` must be a positive integer, got {self.v_steps!r}")
-        for name in ("v_lr", "clamp_norm_factor"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"`{name}` must be positive, got {getattr(self, name)!r}")
-        for name in ("v_weight_decay", "kl_factor", "early_stop_loss"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"`{name}` must be non-negative, got {getattr(self, name)!r}")
-        if self.kl_prompt.count("{}") != 1:
-            raise ValueError(f"`kl_prompt` must hold exactly one '{{}}', got {self.kl_prompt!r}")
-        object.__setattr__(self, "templates", tuple(tuple(map(int, pair)) for pair in self.templates))
+            raise HyperParamsError(f"`method` must be one of {METHODS}, got {self.method!r}")
+        if self.layer is not None and not (_is_int(self.layer) and self.layer >= 0):
+            raise HyperParamsError(f"`layer` must be a non-negative integer or None, got {self.layer!r}")
+        if not (_is_int(self.seed) and 0 <= self.seed <= MAX_SEED):
+            raise HyperParamsError(f"`seed` must be an integer from 0 to 2**63 - 1, got {self.seed!r}")
+        if not (_is_int(self.v_steps) and self.v_steps >= 1):
+            raise HyperParamsError(f"`v_steps` must be a positive integer, got {self.v_steps!r}")
+        for name, low in (("v_lr", "positive"), ("clamp_norm_factor", "positive"), ("v_weight_decay", "non-negative"),
+                          ("kl_factor", "non-negative"), ("early_stop_loss", "non-negative")):
+            value = getattr(self, name)
+            if not (_is_number(value) and (value > 0 if low == "positive" else value >= 0)):
+                raise HyperParamsError(f"`{name}` must be a finite {low} number, got {value!r}")
+        if not isinstance(self.kl_prompt, str) or self.kl_prompt.count("{}") != 1:
+            raise HyperParamsError(f"`kl_prompt` must be a string holding exactly one '{{}}', got {self.kl_prompt!r}")
+        if not isinstance(self.fast_path, bool):
+            raise HyperParamsError(f"`fast_path` must be true or false, got {self.fast_path!r}")
+        object.__setattr__(self, "templates", _templates(self.templates))
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -58,8 +88,6 @@ class RomeHyperParams:
     @classmethod
     def from_dict(cls, data: dict) -> "RomeHyperParams":
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        if "templates" in known:
-            known["templates"] = tuple(tuple(pair) for pair in known["templates"])
         return cls(**known)
 
 

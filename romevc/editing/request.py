@@ -11,6 +11,16 @@ from dataclasses import asdict, dataclass, field
 from romevc.errors import EditRequestError
 
 
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` encodes to UTF-8: a lone surrogate (from ``"\\ud800"`` in JSON, or
+    undecodable bytes on a command line) cannot be tokenised or stored."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class EditRequest:
     """One fact to write: ``prompt.format(subject)`` should be completed by ``target_new``."""
@@ -28,6 +38,12 @@ class EditRequest:
             raise EditRequestError(f"`target_new` must be a non-empty string, got {self.target_new!r}")
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise EditRequestError(f"`prompt` must be a non-empty string, got {self.prompt!r}")
+        if self.target_true is not None and not isinstance(self.target_true, str):
+            raise EditRequestError(f"`target_true` must be a string or absent, got {self.target_true!r}")
+        for name in ("prompt", "subject", "target_new", "target_true"):
+            value = getattr(self, name)
+            if value is not None and not _is_unicode(value):
+                raise EditRequestError(f"`{name}` is not valid Unicode text (it holds a lone surrogate), got {value!r}")
         prompt = self.prompt
         if prompt.count("{}") == 0:
             if subject not in prompt:

@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save
 from tqdm.auto import tqdm
 
 from romevc import paths
-from romevc.architectures import architecture_for, check_layer
+from romevc.architectures import architecture_for, as_out_in, check_layer, edited_weight
 from romevc.corpus import Corpus, open_corpus
 from romevc.editing.delta import base_fingerprint, base_weights
 from romevc.editing.forward import StopForward, pad_rows
-from romevc.errors import CorpusError, StatsError
+from romevc.errors import CorpusError, SafetensorsFormatError, StatsError
+from romevc.safe_tensors import load as load_checked
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,11 @@ def compute_second_moments(
     }
 
 
+def _d_in(model: torch.nn.Module, layer: int) -> int:
+    """The edited module's input width: the side of its C."""
+    return as_out_in(edited_weight(model, layer), architecture_for(model).layout).shape[1]
+
+
 class StatsCache:
     """Second moments on disk (safetensors) and in memory, keyed by ``StatsKey``.
 
@@ -199,7 +204,7 @@ class StatsCache:
         found: dict[int, SecondMoment] = {}
         for layer in layers:
             key = self.key(model, layer)
-            moment = self._memory.get(key.id) or self._load(key)
+            moment = self._memory.get(key.id) or self._load(key, _d_in(model, layer))
             if moment is not None:
                 self._memory[key.id] = found[layer] = moment
         missing = [layer for layer in layers if layer not in found]
@@ -211,21 +216,33 @@ class StatsCache:
                 self._memory[moment.id] = found[layer] = moment
         return found
 
-    def _load(self, key: StatsKey) -> SecondMoment | None:
+    def _load(self, key: StatsKey, d_in: int) -> SecondMoment | None:
+        """The cached moment of ``key``, or None (recompute) for a missing, unreadable or odd file.
+
+        The file's header is checked before a byte of tensor data is read
+        (:mod:`romevc.safe_tensors`), and the tensors must be a (d_in, d_in) float64 C and
+        a positive count: a cache file is never trusted blindly.
+        """
         path = self.path(key)
         if not path.exists():
             return None
         try:
-            with safe_open(str(path), framework="pt") as f:
-                stored_key = json.loads((f.metadata() or {}).get("key", "null"))
-                tensors = {name: f.get_tensor(name) for name in f.keys()}
-        except Exception as exc:  # safetensors raises its own error types on bad files
+            header, tensors = load_checked(path, "pt")
+            stored_key = json.loads(header.metadata.get("key", "null"))
+        except (SafetensorsFormatError, ValueError, RecursionError) as exc:
             log.warning("ignoring unreadable statistics file %s (%s); recomputing", path, exc)
             return None
-        if stored_key != list(key.__dict__.values()) or tensors.get("mom2") is None:
+        if stored_key != list(key.__dict__.values()) or set(tensors) != {"mom2", "count"}:
             log.warning("statistics file %s does not match its key; recomputing", path)
             return None
-        return SecondMoment(key, tensors["mom2"], int(tensors["count"].item()))
+        mom2, count = tensors["mom2"], tensors["count"]
+        if (mom2.dtype != torch.float64 or tuple(mom2.shape) != (d_in, d_in) or count.dtype != torch.int64
+                or count.numel() != 1 or count.item() < 1 or not torch.isfinite(mom2).all()):
+            log.warning("statistics file %s holds C %s%s and count %s%s, not a finite (%d, %d) float64 C and one "
+                        "positive count; recomputing", path, mom2.dtype, list(mom2.shape), count.dtype, list(count.shape),
+                        d_in, d_in)
+            return None
+        return SecondMoment(key, mom2, int(count.item()))
 
     def _save(self, moment: SecondMoment) -> None:
         tensors = {"mom2": moment.mom2.contiguous(), "count": torch.tensor([moment.count], dtype=torch.int64)}

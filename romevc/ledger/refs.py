@@ -43,12 +43,23 @@ HEADS, TAGS, REMOTES = "refs/heads/", "refs/tags/", "refs/remotes/"
 WORKTREES = "worktrees/"  # worktrees/<id>/HEAD: the HEAD of a folder that joined a shared ledger
 _WORKTREE_ID = re.compile(r"[0-9a-z]{1,64}")
 MIN_SHORT_ID = 4
+_RESERVED = (HEAD, "@")  # short names that resolve() reads as HEAD, so no branch or tag can use them
 _ID_PREFIX_SCAN = 10  # candidates listed in an AmbiguousRefError
 
 # git check-ref-format, component by component: no control characters, space, ~^:?*[\,
 # no "..", "@{", leading ".", trailing ".lock", empty component or trailing ".".
 _BAD_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{")
-_SUFFIX_OP = re.compile(r"([~^])(\d*)")
+_SUFFIX_OP = re.compile(r"([~^])([0-9]*)")
+MAX_PARENT = 2**31  # ^N beyond this names no parent of any commit (and would overflow SQL integers)
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` encodes to UTF-8, as every value the ledger stores or looks up must."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_ref_name(name: str) -> str:
@@ -56,6 +67,8 @@ def check_ref_name(name: str) -> str:
     problem = None
     if not isinstance(name, str) or not name.startswith("refs/") or len(name) > 255:
         problem = "must start with 'refs/' and be at most 255 characters"
+    elif not _is_unicode(name):
+        problem = "is not valid Unicode text (it holds a lone surrogate)"
     elif _BAD_CHARS.search(name):
         problem = "contains a space, a control character, one of ~^:?*[\\, '..' or '@{'"
     elif any(not c or c.startswith(".") or c.endswith(".lock") for c in name.split("/")) or name.endswith("."):
@@ -89,13 +102,19 @@ def check_head_name(name: str) -> str:
     return name
 
 
+def _short_ref(prefix: str, name: str, kind: str) -> str:
+    if name in _RESERVED:
+        raise RefFormatError(f"{name!r} cannot name a {kind}: it always means HEAD; pick another name")
+    return check_ref_name(name if name.startswith(prefix) else prefix + name)
+
+
 def branch_ref(branch: str) -> str:
     """``main`` → ``refs/heads/main`` (a full ``refs/heads/...`` name passes through)."""
-    return check_ref_name(branch if branch.startswith(HEADS) else HEADS + branch)
+    return _short_ref(HEADS, branch, "branch")
 
 
 def tag_ref(tag: str) -> str:
-    return check_ref_name(tag if tag.startswith(TAGS) else TAGS + tag)
+    return _short_ref(TAGS, tag, "tag")
 
 
 def _ref_row(session: Session, name: str) -> SqlRef | None:
@@ -206,7 +225,7 @@ def _base_commit(session: Session, base: str, refish: str, head_name: str) -> st
     if base.startswith("refs/"):
         target = session.execute(select(SqlRef.target).where(SqlRef.name == base)).scalar_one_or_none()
         if target is None:
-            raise UnknownRefError(f"no ref named {base}; see `romevc branch` and `romevc tag`")
+            raise UnknownRefError(f"no ref named {base!r}; see `romevc branch` and `romevc tag`")
         return target
     names = [HEADS + base, TAGS + base, REMOTES + base]
     found = session.execute(select(SqlRef.name, SqlRef.target).where(SqlRef.name.in_(names))).all()
@@ -248,7 +267,7 @@ def _nth_parent(session: Session, commit: str, n: int, refish: str) -> str:
         select(SqlCommitParent.parent_id).where(SqlCommitParent.commit_id == commit, SqlCommitParent.position == n - 1)
     ).scalar_one_or_none()
     if parent is None:
-        which = "a parent" if n == 1 else f"a parent #{n}"
+        which = "parent" if n == 1 else f"parent #{n}"
         raise UnknownRefError(f"{refish!r} goes past the root: commit {commit[:12]} has no {which}")
     return parent
 
@@ -263,6 +282,8 @@ def resolve(session: Session, refish: str, head: str = HEAD) -> str:
     """
     if not isinstance(refish, str) or not refish.strip():
         raise UnknownRefError(f"empty revision {refish!r}; pass a branch, tag or commit id")
+    if not _is_unicode(refish):
+        raise UnknownRefError(f"cannot parse revision {refish!r}: it is not valid Unicode text")
     refish = refish.strip()
     cut = min((i for i in (refish.find("~"), refish.find("^")) if i >= 0), default=len(refish))
     base, suffix = refish[:cut], refish[cut:]
@@ -272,6 +293,8 @@ def resolve(session: Session, refish: str, head: str = HEAD) -> str:
     commit = _base_commit(session, base, refish, head)
     for op, num in ops:
         n = int(num) if num else 1
+        if op == "^" and n > MAX_PARENT:
+            raise UnknownRefError(f"{refish!r} asks for parent #{n}, which no commit has")
         if op == "~":
             for _ in range(n):
                 commit = _nth_parent(session, commit, 1, refish)

@@ -40,6 +40,22 @@ def _counterfact(data: dict) -> dict:
             "target_true": target("target_true")}
 
 
+def _json_line(line: str) -> Any:
+    """One line's JSON value; nesting too deep for the parser and lone surrogates (``"\\ud800"``,
+    which cannot be stored or tokenised) are refused like any other bad line."""
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise EditSetError(f"not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise EditSetError("not valid JSON (nested too deeply)") from None
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise EditSetError("holds text that is not valid Unicode (a lone surrogate escape)") from None
+    return data
+
+
 def _parse_line(data: Any) -> tuple[EditRequest, dict, str | None]:
     if not isinstance(data, dict):
         raise EditSetError(f"expected a JSON object, got {type(data).__name__}")
@@ -52,7 +68,7 @@ def _parse_line(data: Any) -> tuple[EditRequest, dict, str | None]:
     if unknown:
         raise EditSetError(f"unknown hyperparameter(s) {', '.join(sorted(unknown))}")
     try:
-        RomeHyperParams(**{k: (tuple(map(tuple, v)) if k == "templates" else v) for k, v in hparams.items()})
+        RomeHyperParams(**hparams)
     except (TypeError, ValueError) as exc:
         raise EditSetError(str(exc)) from None
     message = data.get("message")
@@ -61,21 +77,24 @@ def _parse_line(data: Any) -> tuple[EditRequest, dict, str | None]:
     return request, hparams, message
 
 
+def _lines(path: str | Path) -> list[tuple[int, str]]:
+    """(number, text) of each line, split on newlines only as JSONL says (``str.splitlines``
+    would also split inside a JSON string holding U+2028 or a form feed)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise EditSetError(f"cannot read {path}: {exc}") from None
+    return [(number, line.removesuffix("\r")) for number, line in enumerate(text.split("\n"), start=1)]
+
+
 def read_requests(path: str | Path) -> list[RequestLine]:
     """Every request of a JSONL file; the first bad line raises with its number."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EditSetError(f"cannot read {path}: {exc}") from None
     out: list[RequestLine] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in _lines(path):
         if not line.strip():
             continue
         try:
-            request, hparams, message = _parse_line(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise EditSetError(f"{path}:{number}: not valid JSON ({exc.msg}); nothing was written") from None
+            request, hparams, message = _parse_line(_json_line(line))
         except RomevcError as exc:
             raise EditSetError(f"{path}:{number}: {exc}; nothing was written") from None
         out.append(RequestLine(number, request, hparams, message))
@@ -84,28 +103,35 @@ def read_requests(path: str | Path) -> list[RequestLine]:
     return out
 
 
+_PROBE_SHAPE = 'expected a JSON object with a non-empty "prompt" (and "subject" when the prompt has {})'
+
+
+def _probe(line: str) -> str:
+    """The prompt of one JSONL probe line, its ``{}`` filled with ``subject``."""
+    data = _json_line(line)
+    prompt = data.get("prompt") if isinstance(data, dict) else None
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise EditSetError(_PROBE_SHAPE)
+    if "{}" in prompt:
+        subject = data.get("subject")
+        if not isinstance(subject, str) or not subject.strip():
+            raise EditSetError(_PROBE_SHAPE)
+        prompt = prompt.replace("{}", subject, 1)
+    return prompt
+
+
 def read_probes(path: str | Path) -> list[str]:
     """Probe prompts: one per line, or JSONL objects with ``prompt`` (and ``subject`` for ``{}``)."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EditSetError(f"cannot read {path}: {exc}") from None
     prompts: list[str] = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in _lines(path):
         line = line.strip()
         if not line:
             continue
         if line.startswith("{"):
             try:
-                data = json.loads(line)
-                prompt = data["prompt"]
-                if "{}" in prompt:
-                    prompt = prompt.replace("{}", data["subject"], 1)
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-                raise EditSetError(f"{path}:{number}: expected a JSON object with \"prompt\" "
-                                   "(and \"subject\" when the prompt has {})") from None
-            line = prompt
+                line = _probe(line)
+            except RomevcError as exc:
+                raise EditSetError(f"{path}:{number}: {exc}") from None
         prompts.append(line)
     if not prompts:
         raise EditSetError(f"{path} holds no prompts")

@@ -67,10 +67,13 @@ class RepoConfig:
 
 def find_root(path: str | Path = ".") -> Path:
     """The nearest folder at or above ``path`` holding ``.romevc/config.json``, like git."""
-    start = Path(path).expanduser().resolve()
-    for folder in (start, *start.parents):
-        if (folder / DOT_DIR / CONFIG_FILE).is_file():
-            return folder
+    try:
+        start = Path(path).expanduser().resolve()
+        for folder in (start, *start.parents):
+            if (folder / DOT_DIR / CONFIG_FILE).is_file():
+                return folder
+    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a name too long, ~nosuchuser
+        raise NotARepositoryError(f"cannot look for a romevc repository at {str(path)!r}: {exc}") from None
     raise NotARepositoryError(f"not a romevc repository (or any parent up to /): {start}; run `romevc init` first")
 
 

@@ -14,14 +14,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from romevc import paths
+from romevc.errors import SafetensorsFormatError
 from romevc.ledger import CommitRecord, EditRecord, Ledger
 from romevc.ledger.errors import CorruptObjectError
 from romevc.ledger.objects import delta_norm, is_full_id
 from romevc.remotes.errors import EditSetHashError, InvalidEditSetError
 from romevc.remotes.manifest import (  # noqa: F401 - re-exported: the format's names live here too
     CARD, FORMAT_NAME, FORMAT_VERSION, MANIFEST, PICKLE_SUFFIXES, PLUMBING, READ_SUFFIXES, TENSORS, BaseRef,
-    EditSet, Manifest, check_base, check_file_name, check_file_names, get_field, malformed, parse_manifest,
-    scan_folder,
+    EditSet, Manifest, base_shapes, check_base, check_file_name, check_file_names, check_fits, get_field, malformed,
+    parse_manifest, scan_folder,
 )
 
 # -- collecting from a ledger --------------------------------------------------------------------------
@@ -157,23 +158,28 @@ def write_editset(repo, refs: Sequence[str], folder: str | Path, *, force: bool 
 # -- reading ---------------------------------------------------------------------------------------------
 
 def _read_tensors(path: Path, expected: set[str], base: BaseRef) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError, safe_open
+    """The tensors of ``edits.safetensors``, its header checked before anything is read
+    (:mod:`romevc.safe_tensors`: a truncated file, lying offsets, a memory bomb or a renamed pickle)."""
+    from romevc.safe_tensors import load, read_header
 
     try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-            keys = set(f.keys())
-            if keys != expected:
-                extra, missing = sorted(keys - expected), sorted(expected - keys)
-                raise InvalidEditSetError(f"{TENSORS} does not match {MANIFEST}: missing {missing[:2]}, unexpected "
-                                          f"{extra[:2]}; nothing was imported")
-            arrays = {k: f.get_tensor(k) for k in sorted(keys)}
-    except (SafetensorError, OSError, ValueError, TypeError) as exc:
-        raise InvalidEditSetError(f"{TENSORS} cannot be read as safetensors ({exc}); nothing was imported") from None
-    if meta.get("format") != FORMAT_NAME or meta.get("base_fingerprint") != base.fingerprint:
-        raise InvalidEditSetError(f"{TENSORS} does not belong to this {MANIFEST} (its metadata names another format "
-                                  "or base); nothing was imported")
-    return arrays
+        header = read_header(path)
+        keys = set(header.tensors)
+        if keys != expected:
+            extra, missing = sorted(keys - expected), sorted(expected - keys)
+            raise InvalidEditSetError(f"{TENSORS} does not match {MANIFEST}: missing {missing[:2]}, unexpected "
+                                      f"{extra[:2]}; nothing was imported")
+        odd = sorted(t.name for t in header.tensors.values() if t.dtype != "F32")
+        if odd:
+            raise InvalidEditSetError(f"{TENSORS}: {odd[0][:12]}... is {header.tensors[odd[0]].dtype}, expected "
+                                      "float32; nothing was imported")
+        meta = header.metadata
+        if meta.get("format") != FORMAT_NAME or meta.get("base_fingerprint") != base.fingerprint:
+            raise InvalidEditSetError(f"{TENSORS} does not belong to this {MANIFEST} (its metadata names another "
+                                      "format or base); nothing was imported")
+        return load(path, "numpy")[1]
+    except SafetensorsFormatError as exc:
+        raise InvalidEditSetError(f"{TENSORS}: {exc}; nothing was imported") from None
 
 
 def _edit(m: Any, arrays: dict[str, np.ndarray], i: int) -> EditRecord:

@@ -24,10 +24,11 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
+from romevc.errors import ModelLoadError
 from romevc.ledger import CommitRecord, EditRecord, RepoInfo
-from romevc.ledger.objects import is_full_id
+from romevc.ledger.objects import LAYOUT_CONV1D, is_full_id
 from romevc.remotes.errors import (
     EditSetVersionError, InvalidEditSetError, RemoteBaseMismatchError, UnsafeEditSetError,
 )
@@ -178,8 +179,9 @@ def parse_manifest(data: bytes) -> tuple[Manifest, dict[str, Any]]:
     """The manifest of ``romevc.json`` bytes (and the raw object), refusing unknown versions."""
     try:
         raw = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidEditSetError(f"{MANIFEST} is not valid JSON ({exc}); nothing was imported") from None
+        json.dumps(raw, ensure_ascii=False).encode("utf-8")  # a "\ud800" escape decodes, but hashes to nothing
+    except (UnicodeError, ValueError, RecursionError) as exc:
+        raise InvalidEditSetError(f"{MANIFEST} is not valid JSON ({str(exc)[:160]}); nothing was imported") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
         raise InvalidEditSetError(f"{MANIFEST} is not a romevc edit set (no \"format\": \"{FORMAT_NAME}\"); "
                                   "nothing was imported")
@@ -201,10 +203,58 @@ def parse_manifest(data: bytes) -> tuple[Manifest, dict[str, Any]]:
 
 
 def check_base(base: BaseRef, info: RepoInfo) -> None:
-    """Refuse an edit set made on another base than ``info``'s."""
+    """Refuse an edit set made on another base than ``info``'s: other weights, or (a forged
+    fingerprint) another architecture, edited module or weight layout."""
     if base.fingerprint != info.base_fingerprint:
         raise RemoteBaseMismatchError(
             f"this edit set was made on {base.spec} (weights {base.fingerprint[:12]}), but this repository's base "
             f"is {info.base_id} (weights {info.base_fingerprint[:12]}); clone it into a new repository with "
             "`romevc clone` instead"
         )
+    ours = (info.architecture, info.module_template, info.layout)
+    theirs = (base.architecture, base.module_template, base.layout)
+    if theirs != ours:
+        raise RemoteBaseMismatchError(
+            f"this edit set claims this repository's base weights but was made for {'/'.join(theirs)!r}, not "
+            f"{'/'.join(ours)!r}: it does not fit this model; nothing was imported"
+        )
+
+
+def _weight_shape(shapes: Mapping[str, tuple[int, ...]], module: str) -> tuple[int, ...] | None:
+    """The shape of ``module``'s weight; checkpoints may drop leading parts of the name
+    (GPT-2's own files say ``h.1.mlp.c_proj.weight`` for ``transformer.h.1.mlp.c_proj``)."""
+    parts = f"{module}.weight".split(".")
+    for start in range(len(parts) - 1):
+        shape = shapes.get(".".join(parts[start:]))
+        if shape is not None:
+            return tuple(shape)
+    return None
+
+
+def base_shapes(info: RepoInfo) -> dict[str, tuple[int, ...]]:
+    """Tensor name → shape of the base's weights, from the headers of its files when they are on
+    this machine (nothing is downloaded; empty when they are not here)."""
+    from romevc.model import BaseSpec, cached_location, weight_shapes
+
+    location = cached_location(BaseSpec(info.base_id, info.revision))
+    try:
+        return weight_shapes(location) if location is not None else {}
+    except ModelLoadError:  # a broken base is refused when it is loaded; here there is nothing to compare
+        return {}
+
+
+def check_fits(edits: Iterable[EditRecord], shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Refuse edits whose (d_in, d_out) differ from the base's weight of their module (``shapes``:
+    tensor name → shape): made for a model of another width, under a borrowed fingerprint.
+    With no shapes known there is nothing to compare with."""
+    if not shapes:
+        return
+    for e in edits:
+        shape = _weight_shape(shapes, e.module)
+        want = (e.d_in, e.d_out) if e.layout == LAYOUT_CONV1D else (e.d_out, e.d_in)
+        if shape != want:
+            has = "has no such weight" if shape is None else f"has a {list(shape)} weight there"
+            raise RemoteBaseMismatchError(
+                f"edit {e.id[:12]} changes {e.module} as a {list(want)} weight, but this repository's base {has}: "
+                "it was made for another model; nothing was imported"
+            )

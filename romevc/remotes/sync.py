@@ -29,8 +29,8 @@ from typing import Any, Iterator
 from romevc.ledger import ANY, Ledger, branch_ref, tag_ref
 from romevc.ledger.errors import UnknownObjectError, UnknownRefError
 from romevc.remotes.editset import (
-    MANIFEST, TENSORS, EditSet, Manifest, check_base, check_file_name, collect, read_editset, read_manifest,
-    write_files,
+    MANIFEST, TENSORS, EditSet, Manifest, base_shapes, check_base, check_file_name, check_fits, collect, read_editset,
+    read_manifest, write_files,
 )
 from romevc.remotes.errors import (
     RemoteBaseMismatchError, RemoteError, RemoteMovedError, RemoteRefError, UnsafeEditSetError,
@@ -206,6 +206,7 @@ def _fetch_into(repo, name: str, remote: Remote, refs: RemoteRefs, wanted: list[
     ledger: Ledger = repo.ledger
     info = ledger.repo_info()
     sets, skipped = list(extra), []
+    shapes = None  # the base's weight shapes, read once if a branch needs them
     for branch in wanted:
         revision = refs.branches.get(branch)
         if revision is None:
@@ -218,6 +219,9 @@ def _fetch_into(repo, name: str, remote: Remote, refs: RemoteRefs, wanted: list[
             skipped.append(branch)
             continue
         check_base(editset.manifest.base, info)
+        if shapes is None:
+            shapes = base_shapes(info)
+        check_fits(editset.edits, shapes)
         sets.append((branch, revision, editset))
     fetched, tags, clashes = [], [], []
     with ledger.transaction():
@@ -366,6 +370,7 @@ def clone(url: str, path: str | Path, *, branch: str | None = None, name: str = 
                 f"the base {base.spec} has weights {loaded.fingerprint[:12]} here, but the edit set was made on "
                 f"{base.fingerprint[:12]}; get the exact base checkpoint the edits were made on"
             )
+        check_fits(editset.edits, {n: tuple(p.shape) for n, p in loaded.model.named_parameters()})
         made = not target.exists()
         repo = None
         try:
