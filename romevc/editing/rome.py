@@ -122,15 +122,17 @@ def _logits_reader(model, arch: Architecture, layer: int, prompts: EditPrompts,
 
 
 def optimise_value(model, arch: Architecture, layer: int, prompts: EditPrompts,
-                   capture: forward.Capture, base_value: torch.Tensor, hp: RomeHyperParams
-                   ) -> tuple[torch.Tensor, list[float]]:
+                   capture: forward.Capture, base_value: torch.Tensor, hp: RomeHyperParams,
+                   *, inject_into: str | None = None) -> tuple[torch.Tensor, list[float]]:
     """δ (d_out,) that, added to the edited module's output at the subject, makes the target likely.
 
     Loss = mean NLL of the target over all template prompts + kl_factor · KL on the KL
     prompt + weight decay · ‖δ‖/‖v‖², with ‖δ‖ clamped to clamp_norm_factor · ‖v‖.
+    ``inject_into`` names another module of ``layer`` to add δ to instead: MEMIT passes
+    the block itself, whose output is the residual stream after the layer.
     """
     device = next(model.parameters()).device
-    module = model.get_submodule(arch.edited_module_name(layer))
+    module = model.get_submodule(inject_into or arch.edited_module_name(layer))
     batch, n = prompts.batch, prompts.n_rewrite
     labels = prompts.labels.to(device)
     label_rows, label_pos = (labels != IGNORE).nonzero(as_tuple=True)  # every (row, position) with a target
