@@ -11,8 +11,10 @@ from romevc.architectures import default_layer, num_layers
 from romevc.editing import delta as deltas
 from romevc.editing.delta import Delta
 from romevc.editing.hparams import RomeHyperParams, family_defaults
+from romevc.editing.memit import compute_memit
+from romevc.editing.memit_hparams import MemitHyperParams, memit_defaults
 from romevc.editing.request import EditRequest
-from romevc.editing.result import EditResult
+from romevc.editing.result import EditResult, MemitResult
 from romevc.editing.rome import compute_edit
 from romevc.editing.stats import StatsCache
 from romevc.editing.templates import generate_templates
@@ -37,7 +39,12 @@ class Editor:
         base.update({k: v for k, v in overrides.items() if v is not None})
         return RomeHyperParams(**base)
 
-    def templates(self, hp: RomeHyperParams) -> tuple[str, ...]:
+    def memit_hparams(self, **overrides) -> MemitHyperParams:
+        """MEMIT's family defaults (layer range, λ) with ``overrides`` (None values ignored) on top."""
+        base = {**memit_defaults(self.model), **{k: v for k, v in overrides.items() if v is not None}}
+        return MemitHyperParams(**base)
+
+    def templates(self, hp: RomeHyperParams | MemitHyperParams) -> tuple[str, ...]:
         """Context templates for (base weights, seed, spec): sampled once, then reused."""
         key = (deltas.base_fingerprint(self.model), hp.seed, hp.templates)
         if key not in self._templates:
@@ -50,9 +57,17 @@ class Editor:
         return compute_edit(self.model, self.tokenizer, request, hp, stats=self.stats,
                             templates=self.templates(hp))
 
-    def apply(self, edits: Sequence[Delta | EditResult]) -> None:
+    def compute_memit(self, requests: Sequence[EditRequest], hparams: MemitHyperParams | None = None) -> MemitResult:
+        """One MEMIT batch against the current weights (the model is unchanged afterwards)."""
+        hp = hparams or self.memit_hparams()
+        return compute_memit(self.model, self.tokenizer, requests, hp, stats=self.stats, templates=self.templates(hp))
+
+    def apply(self, edits: Sequence[Delta | EditResult | MemitResult]) -> None:
         """Set the weights to base + these deltas, in order (exact, path-independent)."""
-        deltas.apply(self.model, [e.delta if isinstance(e, EditResult) else e for e in edits])
+        flat: list[Delta] = []
+        for e in edits:
+            flat.extend(e.deltas if isinstance(e, MemitResult) else [e.delta if isinstance(e, EditResult) else e])
+        deltas.apply(self.model, flat)
 
     def restore(self) -> None:
         deltas.restore(self.model)

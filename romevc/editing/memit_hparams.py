@@ -1,0 +1,101 @@
+"""MEMIT's hyperparameters, validated, with the paper's values as defaults.
+
+MEMIT (Meng et al. 2023) spreads a batch of edits over a range of layers. Its value
+optimisation is ROME's, with one difference that changes a constant: δ is added to the
+residual stream after the range's last layer, not to one MLP's output, so the clamp is
+relative to a hidden state's norm — 0.75 in the paper's configs (hparams/MEMIT/*.json)
+where ROME uses 4. The value-optimisation fields are checked by building the equivalent
+:class:`RomeHyperParams`, so both methods accept and refuse exactly the same values.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+
+from romevc.architectures import architecture_for, default_layer, num_layers
+from romevc.editing.hparams import RomeHyperParams
+from romevc.errors import HyperParamsError
+
+# The paper's ranges (hparams/MEMIT/*.json): (family, depth) -> (layers, mom2_update_weight, v_steps).
+_PAPER = {
+    ("gpt2", 48): ((13, 14, 15, 16, 17), 20_000.0, 20),  # GPT-2 XL
+    ("gptj", 28): ((3, 4, 5, 6, 7, 8), 15_000.0, 25),  # GPT-J 6B
+}
+# The demo model (SmolLM2-135M): layers 3-5 against 2-6 on 10 CounterFact records, see
+# romevc/editing/memit.py's module docstring for the measurement.
+SMOLLM2_135M_LAYERS = (3, 4, 5)
+DEFAULT_SPAN = 5  # elsewhere: the five layers ending at ROME's layer, like the paper's GPT-2 XL range
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class MemitHyperParams:
+    layers: tuple[int, ...] | None = field(default=None, metadata={
+        "help": "the edited layers, strictly ascending; δ is optimised after the last one. None = the family default"})
+    mom2_update_weight: float = field(default=15_000.0, metadata={
+        "help": "λ in ΔW = R Kᵀ(λ·C + K Kᵀ)⁻¹ with C = E[k kᵀ]: how hard the update protects the keys of "
+                "ordinary text against the batch's keys (paper: 20000 for GPT-2 XL, 15000 for GPT-J)"})
+    seed: int = field(default=0, metadata={"help": "seed of the context-template sampler"})
+    v_steps: int = field(default=20, metadata={"help": "Adam steps optimising each request's δ"})
+    v_lr: float = field(default=0.5, metadata={"help": "Adam learning rate for δ"})
+    v_weight_decay: float = field(default=0.5, metadata={"help": "penalty on ‖δ‖ / ‖h‖²"})
+    kl_factor: float = field(default=0.0625, metadata={
+        "help": "weight of KL(next-token distribution on the KL prompt) that keeps the subject's essence"})
+    clamp_norm_factor: float = field(default=0.75, metadata={
+        "help": "‖δ‖ is clamped to this × ‖h‖, h the hidden state after the last layer at the subject"})
+    early_stop_loss: float = field(default=5e-2, metadata={"help": "stop a δ once NLL + KL is below this"})
+    kl_prompt: str = field(default="{} is a", metadata={"help": "prompt whose prediction the KL term keeps"})
+    templates: tuple[tuple[int, int], ...] = field(default=((5, 10), (10, 10)), metadata={
+        "help": "context prefixes as (tokens, count) pairs; the paper uses 10 of 5 and 10 of 10"})
+    fast_path: bool = field(default=True, metadata={
+        "help": "run the layers below the last edited one once per request and skip parameter gradients"})
+
+    def __post_init__(self) -> None:
+        if self.layers is not None:
+            layers = self.layers
+            if (not isinstance(layers, (list, tuple)) or not layers or not all(_is_int(l) and l >= 0 for l in layers)
+                    or any(a >= b for a, b in zip(layers, layers[1:]))):
+                raise HyperParamsError(
+                    f"`layers` must be a non-empty, strictly ascending list of non-negative integers, got {layers!r}")
+            object.__setattr__(self, "layers", tuple(layers))
+        weight = self.mom2_update_weight
+        if not (isinstance(weight, (int, float)) and not isinstance(weight, bool) and math.isfinite(weight)
+                and weight > 0):
+            raise HyperParamsError(f"`mom2_update_weight` must be a finite positive number, got {weight!r}")
+        object.__setattr__(self, "mom2_update_weight", float(weight))
+        object.__setattr__(self, "templates", self.value_hparams().templates)  # validates the shared fields
+
+    def value_hparams(self) -> RomeHyperParams:
+        """ROME's hyperparameters for the δ optimisation after the last layer."""
+        shared = {f.name: getattr(self, f.name) for f in fields(RomeHyperParams) if hasattr(self, f.name)}
+        shared["layer"] = self.layers[-1] if self.layers else None
+        return RomeHyperParams(**shared)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["layers"] = list(self.layers) if self.layers is not None else None
+        data["templates"] = [list(pair) for pair in self.templates]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MemitHyperParams":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def memit_defaults(model: torch.nn.Module) -> dict:
+    """The layer range (and, for the paper's models, λ and steps) MEMIT uses on ``model``."""
+    arch = architecture_for(model)
+    depth = num_layers(model)
+    if (arch.family, depth) in _PAPER:
+        layers, weight, steps = _PAPER[arch.family, depth]
+        return {"layers": layers, "mom2_update_weight": weight, "v_steps": steps}
+    if arch.family == "llama" and depth == 30 and model.config.hidden_size == 576:
+        return {"layers": SMOLLM2_135M_LAYERS}
+    last = default_layer(model)
+    return {"layers": tuple(range(max(0, last - DEFAULT_SPAN + 1), last + 1))}
