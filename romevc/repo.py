@@ -47,6 +47,7 @@ from romevc.porcelain.reading import summaries
 from romevc.porcelain.reports import (
     BranchInfo, Committed, DiffReport, EditSummary, MergeResult, Prediction, ShowReport, Status, short,
 )
+from romevc.porcelain.staging import new_repository_folder
 from romevc.porcelain.writers import CommitLock, commit_on_moving_branch
 
 __all__ = ["Repo", "RepoConfig", "find_root"]
@@ -98,8 +99,10 @@ class Repo:
         loaded = loaded or load_base(base, dtype=dtype, device_map=device_map)
         config = RepoConfig(ledger=ledger_url, author=author, stats_corpus=stats_corpus, stats_tokens=stats_tokens,
                             stats_root=stats_root)
-        ledger, config = create(root, repo_info(loaded, created=clock(time, None)[0]), config, initial_branch)
-        return cls(root, ledger, config, loaded=loaded, stats=stats, device_map=device_map)
+        with new_repository_folder(root) as folder:  # a killed init leaves no half repository
+            ledger, config = create(folder, repo_info(loaded, created=clock(time, None)[0]), config, initial_branch)
+            ledger.close()
+        return cls.open(root, loaded=loaded, stats=stats, device_map=device_map)
 
     @classmethod
     def open(cls, path: str | Path = ".", *, loaded=None, stats=None, device_map: str | dict | None = None) -> "Repo":
