@@ -334,12 +334,13 @@ class Repo:
             raise EditSetError(f"{folder} holds no romevc.json: not an edit set; give an edit-set folder or a JSONL "
                                "file of requests")
         try:
-            from romevc.remotes.editset import check_base, read_editset
+            from romevc.remotes.editset import base_shapes, check_base, check_fits, read_editset
         except ImportError:
             raise EditSetError("edit-set folders arrive with the remotes feature; for now apply a JSONL file of "
                                "requests") from None
         edit_set = read_editset(folder)  # verified: every id is recomputed, nothing but JSON and safetensors read
         check_base(edit_set.manifest.base, self.info)
+        check_fits(edit_set.edits, base_shapes(self.info))  # a borrowed fingerprint on edits of another width
         if edit_set.manifest.head is None:
             raise NothingToDoError(f"the edit set in {folder} names no head commit; nothing to apply")
         kwargs["message"] = kwargs["message"] or f"Apply {folder.name}"

@@ -346,6 +346,7 @@ def clone(url: str, path: str | Path, *, branch: str | None = None, name: str = 
     folder is removed again.
     """
     from romevc.model import BaseSpec, load_base
+    from romevc.porcelain.config import repo_info
     from romevc.porcelain.errors import RepositoryExistsError
     from romevc.repo import Repo
 
@@ -370,6 +371,7 @@ def clone(url: str, path: str | Path, *, branch: str | None = None, name: str = 
                 f"the base {base.spec} has weights {loaded.fingerprint[:12]} here, but the edit set was made on "
                 f"{base.fingerprint[:12]}; get the exact base checkpoint the edits were made on"
             )
+        check_base(base, repo_info(loaded, created=0))  # the family, module and layout it claims are the loaded ones
         check_fits(editset.edits, {n: tuple(p.shape) for n, p in loaded.model.named_parameters()})
         made = not target.exists()
         repo = None
