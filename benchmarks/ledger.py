@@ -6,7 +6,9 @@
 It prints, each against a baseline measured in the same run:
 
 1. bytes per edit in the ledger vs the edited module (one down_proj) and the full checkpoint;
-2. seconds to check out a commit of 1, 100 and 1,000 edits from a closed repository
+2. seconds to check out a commit of 1, 100 and 1,000 edits from a closed repository (edits at
+   random layers, so 1,000 of them rewrite every layer's module; and 1,000 at the edit layer,
+   which is what ``romevc edit`` makes)
    (open it, load the base and its tokenizer, read and apply the edit set) vs a plain
    ``AutoModelForCausalLM.from_pretrained`` of the base (alone, and with
    ``AutoTokenizer.from_pretrained``, which a checkout also does), and a switch between
@@ -26,6 +28,7 @@ import gc
 import os
 import shutil
 import sqlite3
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -33,13 +36,14 @@ from pathlib import Path
 import numpy as np
 
 
-def _synthetic_edits(n: int, info, d_in: int, d_out: int, layers: int, seed: int = 0):
+def _synthetic_edits(n: int, info, d_in: int, d_out: int, layers: int, seed: int = 0, at: int | None = None):
+    """n random rank-one edits, each at a random layer (or all at layer ``at``)."""
     from romevc.ledger import EditRecord
 
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
-        layer = int(rng.integers(layers))
+        layer = int(rng.integers(layers)) if at is None else at
         u = (rng.standard_normal(d_in) / d_in).astype("<f4").tobytes()
         v = (rng.standard_normal(d_out) * 1e-3).astype("<f4").tobytes()
         out.append(EditRecord.create(
@@ -76,6 +80,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1,000-commit history, window 20")
     parser.add_argument("--commits", type=int, default=10_000, help="commits in the log/diff history")
     parser.add_argument("--window", type=int, default=100, help="edits in each commit's set, at most")
+    parser.add_argument("--rounds", type=int, default=5, help="checkout measurements of each kind (median)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (the full run writes ~600 MB)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a shared machine, more threads than free cores are far slower)")
@@ -87,6 +92,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
 
+    from romevc.architectures import default_layer
     from romevc.ledger import CommitRecord
     from romevc.model import ensure_demo_model, load_base
     from romevc.repo import Repo
@@ -96,6 +102,7 @@ def main() -> None:
     loaded = load_base(None)
     config = loaded.model.config
     d_in, d_out, layers = config.intermediate_size, config.hidden_size, config.num_hidden_layers
+    edit_layer = default_layer(loaded.model)
     repo = Repo.init(work / "repo", None, loaded=loaded, author="bench", time=0)
     info = repo.info
     db = work / "repo" / ".romevc" / "ledger.db"
@@ -107,15 +114,22 @@ def main() -> None:
     empty = _db_bytes(db)
     edits = _synthetic_edits(1_000, info, d_in, d_out, layers)
     repo.ledger.put_edits(edits)
-    tips = {}
+    tips = {}  # label -> commit id
     parent = None
     for n in (1, 100, 1_000):
         c = CommitRecord.create(parents=[parent] if parent else [], edit_ids=[e.id for e in edits[:n]],
                                 message=f"{n} edits", author="bench", time=n)
         repo.ledger.put_commit(c)
-        tips[n] = parent = c.id
+        tips["1 edit" if n == 1 else f"{n:,} edits at random layers"] = parent = c.id
     repo.ledger.update_ref("refs/heads/main", parent, None)
     per_edit = (_db_bytes(db) - empty) / 1_000
+    # What `romevc edit` makes: every edit on the family's edit layer, so one module to rebuild.
+    at_layer = _synthetic_edits(1_000, info, d_in, d_out, layers, seed=2, at=edit_layer)
+    repo.ledger.put_edits(at_layer)
+    c = CommitRecord.create(parents=[], edit_ids=[e.id for e in at_layer], message="1,000 edits at the edit layer",
+                            author="bench", time=0)
+    repo.ledger.put_commit(c)
+    tips[f"1,000 edits at layer {edit_layer}"] = c.id
     module = d_in * d_out * 4
     checkpoint = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
     print("\n1. storage")
@@ -125,29 +139,35 @@ def main() -> None:
     repo.close()
 
     # 2. Checkout ---------------------------------------------------------------------------------
-    print("\n2. checkout (fresh: open + load base + read and apply the edit set)")
-    plain = [_plain_load(folder)]
-    fresh = {}
-    for n, commit in tips.items():
-        gc.collect()
-        t = time.perf_counter()
-        with Repo.open(work / "repo") as r:
-            r.model(commit)
-            fresh[n] = time.perf_counter() - t
-            if n == 1_000:
-                t = time.perf_counter()
-                r.model(tips[1])
-                r.model(tips[1_000])
-                switch = (time.perf_counter() - t) / 2
-    plain.append(_plain_load(folder))
-    alone = sum(p[0] for p in plain) / len(plain)
-    base = sum(p[1] for p in plain) / len(plain)
+    print(f"\n2. checkout (fresh: open + load base + read and apply the edit set), median of {args.rounds} "
+          "interleaved rounds")
+    plain: list[tuple[float, float]] = []
+    fresh: dict[str, list[float]] = {label: [] for label in tips}
+    one, spread = tips["1 edit"], tips["1,000 edits at random layers"]
+    switches: list[float] = []
+    for _round in range(args.rounds):  # interleaved, so a busy moment hits every kind alike
+        plain.append(_plain_load(folder))
+        for label, commit in tips.items():
+            gc.collect()
+            t = time.perf_counter()
+            with Repo.open(work / "repo") as r:
+                r.model(commit)
+                fresh[label].append(time.perf_counter() - t)
+                if commit == spread:
+                    t = time.perf_counter()
+                    r.model(one)
+                    r.model(spread)
+                    switches.append((time.perf_counter() - t) / 2)
+    alone = statistics.median(p[0] for p in plain)
+    base = statistics.median(p[1] for p in plain)
     print(f"   plain from_pretrained of the base model: {alone:.2f} s; model and tokenizer: {base:.2f} s "
           f"(runs: {', '.join(f'{p[1]:.2f}' for p in plain)})")
-    for n, seconds in fresh.items():
-        print(f"   commit of {n:>5,} edits: {seconds:6.2f} s = {seconds / base:.2f}x model and tokenizer, "
-              f"{seconds / alone:.1f}x the model alone")
-    print(f"   switching commits in an open repository (1 <-> 1,000 edits, no reload): {switch:.2f} s")
+    for label, runs in fresh.items():
+        seconds = statistics.median(runs)
+        print(f"   commit of {label:27} {seconds:5.2f} s = {seconds / base:.2f}x model and tokenizer, "
+              f"{seconds / alone:.1f}x the model alone (runs: {', '.join(f'{x:.2f}' for x in runs)})")
+    print(f"   switching commits in an open repository (1 <-> 1,000 edits at random layers, no reload): "
+          f"{statistics.median(switches):.2f} s")
 
     # 3. log and diff on a long history -----------------------------------------------------------
     print(f"\n3. history of {args.commits:,} commits (edit sets of at most {args.window})")
