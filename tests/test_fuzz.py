@@ -185,6 +185,16 @@ def refish(commits: list[str]) -> st.SearchStrategy[str]:
     return st.one_of(st.tuples(base, suffixes()).map("".join), st.tuples(base, suffixes()).map("".join), texts(16))
 
 
+@functools.cache
+def _refish(commits: tuple[str, ...]) -> st.SearchStrategy[str]:
+    return refish(list(commits))
+
+
+def refish_of(fuzzed: Fuzzed) -> st.SearchStrategy[str]:
+    """One strategy per repository (hypothesis is slow to set up a strategy it has not seen)."""
+    return _refish(tuple(fuzzed.commits))
+
+
 def parents_walk(ledger: Ledger, base: str | None, ops: list[tuple[str, int]]) -> str | None:
     """The commit git would name by ``base`` then ``ops`` (None when a step passes the root)."""
     commit = base
@@ -287,20 +297,18 @@ def test_resolve_finds_what_a_walk_over_parents_finds_or_raises(fuzzed, data):
     assert got in fuzzed.commits and expected in (got, "unknown"), (refish, got, expected)
 
 
-@functools.cache
-def _refish(commits: tuple[str, ...]) -> st.SearchStrategy[str]:
-    return refish(list(commits))
-
-
-def refish_of(fuzzed: Fuzzed) -> st.SearchStrategy[str]:
-    """One strategy per repository (hypothesis is slow to set up a strategy it has not seen)."""
-    return _refish(tuple(fuzzed.commits))
-
-
 # -- the CLI --------------------------------------------------------------------------------------------------
 
 COMMANDS = ("log", "show", "diff", "checkout", "checkout-b", "branch", "branch-d", "tag", "tag-d", "blame",
             "remote-add", "edit")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _resolves(ledger: Ledger, refish: str) -> str | None:
@@ -424,14 +432,6 @@ def test_the_cli_succeeds_as_the_library_says_or_prints_one_error_line_and_chang
     else:
         assert_one_line_error(result, args)
     assert dump(fuzzed.root) == before, args
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 # -- JSONL batch files and probe files ----------------------------------------------------------------------
