@@ -155,14 +155,31 @@ def updated_weight(pristine: torch.Tensor, deltas: Sequence[Delta], layout: str,
     return total.to(pristine.dtype)
 
 
+def _check_fits(name: str, model: torch.nn.Module, deltas: Sequence[Delta]) -> None:
+    """Refuse deltas for a missing module, of mixed layouts, or whose widths are not the
+    weight's (a forged or foreign edit, which must never broadcast)."""
+    try:
+        weight = model.get_submodule(name).weight
+    except AttributeError:
+        raise ValueError(f"the model has no module {name!r} with a weight") from None
+    layout = deltas[0].layout
+    if any(d.layout != layout for d in deltas):
+        raise ValueError(f"deltas on {name} disagree on the weight layout")
+    d_out, d_in = weight.shape if layout == LAYOUT_LINEAR else tuple(reversed(weight.shape))
+    for delta in deltas:
+        if delta.u.shape[-1] != d_in or delta.v.shape[-1] != d_out:
+            raise ValueError(f"a delta for {name} has u {tuple(delta.u.shape)} and v {tuple(delta.v.shape)}, "
+                             f"but the weight maps {d_in} inputs to {d_out} outputs")
+
+
 @torch.no_grad()
 def apply(model: torch.nn.Module, deltas: Sequence[Delta]) -> None:
     """Set the model's weights to pristine + Σ deltas, whatever was applied before.
 
     Every touched weight is rebuilt from its pristine tensor: pristine + Vᵀ U of its deltas
     in one float32 product-and-add (``updated_weight``), cast once to the model's dtype,
-    put in place of the parameter's data. The same delta
-    list always gives the same bits.
+    put in place of the parameter's data. The same delta list always gives the same bits.
+    Every delta is checked against its module first, so a refused list changes nothing.
 
     The pristine tensor is the parameter's original data, set aside rather than copied:
     a freshly loaded checkpoint's weights are memory-mapped, and neither a copy nor an
@@ -173,6 +190,8 @@ def apply(model: torch.nn.Module, deltas: Sequence[Delta]) -> None:
     by_module: dict[str, list[Delta]] = {}
     for delta in deltas:
         by_module.setdefault(delta.module, []).append(delta)
+    for name, module_deltas in by_module.items():  # every check before the first write
+        _check_fits(name, model, module_deltas)
     threads = torch.get_num_threads()
     with ThreadPoolExecutor(threads) if threads > 1 else contextlib.nullcontext() as pool:
         for name in sorted(set(by_module) | set(pristine)):
@@ -182,10 +201,7 @@ def apply(model: torch.nn.Module, deltas: Sequence[Delta]) -> None:
             if name not in by_module:
                 weight.data = pristine[name]
                 continue
-            layout = by_module[name][0].layout
-            if any(d.layout != layout for d in by_module[name]):
-                raise ValueError(f"deltas on {name} disagree on the weight layout")
-            weight.data = updated_weight(pristine[name], by_module[name], layout, pool)
+            weight.data = updated_weight(pristine[name], by_module[name], by_module[name][0].layout, pool)
     setattr(model, _PRISTINE, {name: t for name, t in pristine.items() if name in by_module})
     setattr(model, _APPLIED, tuple(deltas))
 

@@ -168,7 +168,10 @@ class Workspace:
         # The applied deltas live on the model object: compare them by identity, so a model
         # shared between repositories (tests, notebooks) is never trusted blindly.
         if len(applied) != len(wanted) or any(a is not b for a, b in zip(applied, wanted)):
-            editor.apply(wanted)
+            try:
+                editor.apply(wanted)
+            except ValueError as exc:  # nothing was changed: apply checks every module before writing
+                raise BaseMismatchError(f"cannot apply this edit set to {self.info.base_id}: {exc}") from None
         return editor.model
 
     def compute(self, request, hparams, *, templates: Sequence[str] | None = None) -> EditResult:
