@@ -391,6 +391,16 @@ def test_ref_writes_check_names(ledger):
     assert check_ref_name("refs/heads/feature/eiffel-v2") == "refs/heads/feature/eiffel-v2"
 
 
+def test_long_first_parent_walks_match_step_by_step(ledger):
+    """HEAD~N past the step-by-step range is one recursive query; it must land where N steps do."""
+    c = chain(ledger, 30)
+    assert [ledger.resolve(f"HEAD~{n}") for n in range(30)] == [x.id for x in reversed(c)]
+    assert ledger.resolve("HEAD~12~9") == ledger.resolve("HEAD~21") == c[8].id
+    for past in ("HEAD~30", "HEAD~1000"):
+        with pytest.raises(UnknownRefError, match="past the root"):
+            ledger.resolve(past)
+
+
 def test_resolve_names_ancestry_and_errors(ledger):
     c = chain(ledger, 5)
     ledger.update_ref("refs/tags/v1", c[1].id, None)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import Final, Union
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -272,6 +272,24 @@ def _nth_parent(session: Session, commit: str, n: int, refish: str) -> str:
     return parent
 
 
+def _nth_first_parent(session: Session, commit: str, n: int, refish: str) -> str:
+    """``commit~n``: n first-parent steps in one recursive query, not one query per step."""
+    if n <= 8:
+        for _ in range(n):
+            commit = _nth_parent(session, commit, 1, refish)
+        return commit
+    p = SqlCommitParent
+    chain = select(literal(commit).label("id"), literal(0).label("depth")).cte("chain", recursive=True)
+    chain = chain.union_all(
+        select(p.parent_id, chain.c.depth + 1)
+        .join(chain, (p.commit_id == chain.c.id) & (p.position == 0))
+        .where(chain.c.depth < n))
+    found, depth = session.execute(select(chain.c.id, chain.c.depth).order_by(chain.c.depth.desc()).limit(1)).one()
+    if depth < n:
+        raise UnknownRefError(f"{refish!r} goes past the root: commit {found[:12]} has no parent")
+    return found
+
+
 def resolve(session: Session, refish: str, head: str = HEAD) -> str:
     """A full commit id for ``refish``: HEAD (the row named ``head``), a branch, tag, full or
     short id, then ``~N``/``^N``.
@@ -296,8 +314,7 @@ def resolve(session: Session, refish: str, head: str = HEAD) -> str:
         if op == "^" and n > MAX_PARENT:
             raise UnknownRefError(f"{refish!r} asks for parent #{n}, which no commit has")
         if op == "~":
-            for _ in range(n):
-                commit = _nth_parent(session, commit, 1, refish)
+            commit = _nth_first_parent(session, commit, n, refish)
         elif n > 0:
             commit = _nth_parent(session, commit, n, refish)
     return commit
