@@ -1,6 +1,8 @@
 """MEMIT batches: the n = 1 relation to ROME, rank, purity, determinism, and batches that hold."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import transformers
@@ -15,11 +17,13 @@ from romevc.editing.request import EditRequest
 from romevc.editing.rome import build_prompts, compute_edit
 from romevc.editor import Editor
 from romevc.errors import EditComputationError, EditRequestError, HyperParamsError
+from romevc.evaluate import load_counterfact, neutral_nll, score_case
 from romevc.predict import top_k
 from tests.conftest import TINY_GPT2
 from tests.test_architectures import TEMPLATES, tiny_model
 from tests.tiny_facts import FACTS, fact
 
+COUNTERFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact" / "counterfact-train.json"
 CITY_FACTS = [f for f in FACTS if f["relation"] == "city"]
 CITIES = sorted({f["target"] for f in CITY_FACTS})
 # Six people moved to a city that is not theirs (each to a different one).
@@ -264,3 +268,24 @@ def test_family_defaults_follow_the_paper():
     assert memit_defaults(_sized("gptj", 28)) == {"layers": (3, 4, 5, 6, 7, 8), "mom2_update_weight": 15_000.0,
                                                   "v_steps": 25}
     assert memit_defaults(_sized("gpt2", 12))["layers"] == (0, 1, 2)  # five layers ending at ROME's layer 2
+
+
+# -- the demo model ---------------------------------------------------------------------------------------
+
+@pytest.mark.demo
+def test_demo_batch_of_ten_counterfact_edits_all_hold(demo_editor):
+    """One batch, CounterFact-train records 0-9 (the range was chosen on them): every p(new) > p(true)."""
+    cases = load_counterfact(COUNTERFACT, 10)
+    loaded = demo_editor.loaded
+    assert sum(score_case(loaded.model, loaded.tokenizer, c).efficacy for c in cases) < 5  # mostly false before
+    base_nll = neutral_nll(loaded.model, loaded.tokenizer)
+    result = demo_editor.compute_memit([c.request for c in cases])
+    assert result.layers == (3, 4, 5) and result.hparams["mom2_update_weight"] == 1500.0  # the measured defaults
+    demo_editor.apply([result])
+    try:
+        scores = [score_case(loaded.model, loaded.tokenizer, c) for c in cases]
+        edited_nll = neutral_nll(loaded.model, loaded.tokenizer)
+    finally:
+        demo_editor.restore()
+    assert [s.efficacy for s in scores] == [True] * 10, [(s.case_id, s.efficacy_margin) for s in scores]
+    assert abs(edited_nll - base_nll) < 0.1, (base_nll, edited_nll)
