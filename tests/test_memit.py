@@ -272,6 +272,7 @@ def test_family_defaults_follow_the_paper():
 
 # -- the demo model ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # ten value optimisations on the demo model: ~6 minutes on 2 cores
 @pytest.mark.demo
 def test_demo_batch_of_ten_counterfact_edits_all_hold(demo_editor):
     """One batch, CounterFact-train records 0-9 (the range was chosen on them): every p(new) > p(true)."""
