@@ -10,6 +10,9 @@ Choices where git offers several:
 
 - Committing verbs refuse a detached HEAD (:class:`DetachedHeadError`): a commit that no
   branch reaches is easy to lose, and an edit costs seconds to minutes to compute.
+- ``edit_memit`` computes a whole request file as one MEMIT batch and makes one commit of
+  it, stored as one rank-one piece per (request, layer) so the ledger keeps one request
+  per edit; the pieces recompute only together (``recompute_batch``).
 - ``edit_batch`` makes one commit per request line (so ``revert`` and ``blame`` can name
   one fact), all written in one transaction after every line is computed; a bad line
   refuses the whole batch, naming the line. ``apply`` of the same file makes one commit.
@@ -30,6 +33,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 from tqdm.auto import tqdm
 
 from romevc.editing.hparams import METHODS, RomeHyperParams
+from romevc.editing.memit_hparams import MemitHyperParams
 from romevc.editing.request import EditRequest
 from romevc.errors import RomevcError
 from romevc.ledger import (
@@ -41,11 +45,12 @@ from romevc.porcelain.config import CONFIG_FILE, DOT_DIR, RepoConfig, clock, cre
 from romevc.porcelain.errors import (
     DetachedHeadError, EditSetError, NothingToDoError, RecomputeError, RepositoryExistsError,
 )
-from romevc.porcelain.materialize import Workspace, record_from_result, stale_flags
+from romevc.porcelain.materialize import BATCH, Workspace, batch_id, record_from_result, records_from_memit, stale_flags
 from romevc.porcelain.merge import DEFAULT_THRESHOLD, recompute_stale
 from romevc.porcelain.reading import summaries
 from romevc.porcelain.reports import (
-    BranchInfo, Committed, DiffReport, EditSummary, MergeResult, Prediction, ShowReport, Status, short,
+    BranchInfo, Committed, DiffReport, EditSummary, MergeResult, Prediction, ShowReport, Status, collapse, layer_range,
+    short,
 )
 from romevc.porcelain.staging import new_repository_folder
 from romevc.porcelain.writers import CommitLock, commit_on_moving_branch
@@ -211,12 +216,36 @@ class Repo:
 
     def recompute(self, record: EditRecord, on: Sequence[EditRecord]) -> EditRecord:
         """``record`` recomputed from its request, hyperparameters, seed and templates on base + ``on``."""
+        if batch_id(record) is not None:
+            raise RecomputeError(f"edit {short(record.id)} is a piece of a MEMIT batch, which is recomputed only "
+                                 "as a whole batch (recompute_batch)")
         if record.method not in METHODS:
             raise RecomputeError(f"edit {short(record.id)} used method {record.method!r}, which romevc cannot recompute")
         self.workspace.checkout(on)
         result = self.workspace.compute(EditRequest.from_dict(record.request),
                                         RomeHyperParams.from_dict(record.hparams), templates=record.templates)
         return record_from_result(result, author=record.author, time=record.time)
+
+    def recompute_batch(self, pieces: Sequence[EditRecord], on: Sequence[EditRecord]) -> list[EditRecord]:
+        """The pieces of one MEMIT batch recomputed together on base + ``on`` (the edits before its
+        first piece), returned in the order given. Refuses a batch with pieces missing."""
+        ids = {batch_id(p) for p in pieces}
+        if len(ids) != 1 or None in ids:
+            raise RecomputeError("recompute_batch takes the pieces of one MEMIT batch")
+        first = min(pieces, key=lambda p: (p.hparams[BATCH]["index"], p.layer))
+        size, layers = first.hparams[BATCH]["size"], first.hparams.get("layers") or []
+        requests: dict[int, dict] = {p.hparams[BATCH]["index"]: p.request for p in pieces}
+        have = {(p.hparams[BATCH]["index"], p.layer) for p in pieces}
+        if sorted(requests) != list(range(size)) or have != {(i, l) for i in range(size) for l in layers}:
+            raise RecomputeError(f"MEMIT batch {short(first.hparams[BATCH]['id'])} is incomplete here "
+                                 f"({len(have)} of {size} × {len(layers)} pieces); it can be recomputed only whole")
+        hparams = MemitHyperParams.from_dict({k: v for k, v in first.hparams.items() if k != BATCH})
+        self.workspace.checkout(on)
+        result = self.workspace.compute_memit([EditRequest.from_dict(requests[i]) for i in range(size)], hparams,
+                                              templates=first.templates)
+        again = {(r.hparams[BATCH]["index"], r.layer): r
+                 for r in records_from_memit(result, author=first.author, time=first.time)}
+        return [again[p.hparams[BATCH]["index"], p.layer] for p in pieces]
 
     def stale(self, records: Sequence[EditRecord]) -> list[bool]:
         return stale_flags(self.info.base_fingerprint, records)
@@ -301,6 +330,45 @@ class Repo:
             return made
         return self._on_moving_branch(branch, f"the edits of {Path(path).name}", attempt)
 
+    def edit_memit(self, requests: str | Path | Sequence[EditRequest | Mapping[str, Any]],
+                   hparams: Mapping[str, Any] | MemitHyperParams | None = None, *, message: str | None = None,
+                   author: str | None = None, time: int | None = None, tz: int | None = None) -> Committed:
+        """Compute ``requests`` (a JSONL file or a list) as one MEMIT batch on HEAD's weights; commit it once.
+
+        The commit adds one rank-one record per (request, layer), request-major; together
+        they are exactly the batch's update. Batch-wide settings come from ``hparams``
+        (MEMIT's family defaults otherwise); a file line carrying hyperparameters is refused.
+        """
+        if isinstance(requests, (str, Path)):
+            lines = batch.read_requests(requests)
+            for line in lines:
+                if line.hparams:
+                    raise EditSetError(
+                        f"{requests}:{line.line}: a MEMIT batch takes its hyperparameters for the whole batch "
+                        f"(--layers, --mom2-update-weight, --seed), not per line; this line sets "
+                        f"{', '.join(sorted(line.hparams))}; nothing was written")
+            requests = [line.request for line in lines]
+        requests = [_request(r) for r in requests]
+        if not requests:
+            raise EditSetError("a MEMIT batch needs at least one request; nothing was written")
+        branch, _ = self._branch_head()
+        t, offset = clock(time, tz)
+        editor = self.workspace.editor  # load the base first: a load error is not a request's fault
+        hp = hparams if isinstance(hparams, MemitHyperParams) else editor.memit_hparams(**dict(hparams or {}))
+
+        def attempt(parent: str | None) -> Committed:
+            records = self.records(parent)
+            self.workspace.checkout(records)
+            result = self.workspace.compute_memit(requests, hp)
+            new = records_from_memit(result, author=self._author(author), time=t)
+            title = (requests[0].fact() if len(requests) == 1
+                     else f"Edit {len(requests)} facts with MEMIT (layers {layer_range(result.layers)})")
+            default = title + "\n\n" + "\n".join(f"- {r.fact()}" for r in requests) if len(requests) > 1 else title
+            commit = self._commit([parent], records + new, message or default, KIND_EDIT, author, t, offset)
+            self._write(branch, parent, new, [commit])
+            return Committed(commit, collapse(new, [False] * len(new)), branch)
+        return self._on_moving_branch(branch, "the MEMIT batch", attempt)
+
     def apply(self, editset: str | Path, *, recompute: bool = False, message: str | None = None,
               author: str | None = None, time: int | None = None, tz: int | None = None) -> Committed:
         """Commit the edits of an edit set onto HEAD's branch as one commit.
@@ -366,7 +434,7 @@ class Repo:
             result = records + new
             if recompute:
                 result, _ = recompute_stale(self.info.base_fingerprint, result, self.recompute,
-                                            only={e.id for e in new})
+                                            only={e.id for e in new}, recompute_batch=self.recompute_batch)
             landed = result[len(records):]
             commit = self._commit([parent], result, message or f"Apply {len(landed)} edit(s)", KIND_APPLY,
                                   author, t, offset)

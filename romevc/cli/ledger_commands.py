@@ -54,7 +54,9 @@ def _title(message: str) -> str:
 
 def _fact_line(sign: str, e: dict) -> str:
     stale = "  [stale]" if e.get("stale") else ""
-    return f"{sign} {e['short']}  layer {e['layer']}  {e['fact']}  ‖ΔW‖ {e['norm']:.3g}{stale}"
+    layers = e.get("layers") or e["layer"]
+    where = f"layers {layers}" if isinstance(layers, str) and not layers.isdigit() else f"layer {layers}"
+    return f"{sign} {e['short']}  {where}  {e['fact']}  ‖ΔW‖ {e['norm']:.3g}{stale}"
 
 
 def _commit_block(c: dict, labels: list[str] | None) -> list[str]:
@@ -118,6 +120,23 @@ def edit_outside_repository(loaded, request, hparams_overrides: dict) -> dict:
     }
 
 
+def parse_layers(text: str | None) -> tuple[int, ...] | None:
+    """"3-5" or "3,4,5" as (3, 4, 5); a malformed range is a one-line user error."""
+    if text is None:
+        return None
+    try:
+        if "-" in text:
+            start, stop = (int(x) for x in text.split("-"))
+            layers = tuple(range(start, stop + 1))
+        else:
+            layers = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        layers = ()
+    if not layers or any(a >= b for a, b in zip(layers, layers[1:])):
+        raise UserError(f"--layers must be an ascending range like 3-5 or a list like 3,4,5, got {text!r}")
+    return layers
+
+
 def render_edit(d: dict) -> str:
     return "\n".join([
         f"edit: {d['fact']}  ({d['method']}, {d['module']}, ‖ΔW‖ = {d['delta_norm']:.3f}, {d['seconds']:.1f} s)",
@@ -141,21 +160,28 @@ def _render_committed(items: list[dict], sign: str = "+") -> str:
 @click.option("--subject", default=None, help="The subject, as it appears in the prompt.")
 @click.option("--target", "target_new", default=None, help="The new object.")
 @click.option("--target-true", default=None, help="The current object (for reports).")
-@click.option("--method", type=click.Choice(["r-rome", "rome"]), default=None, help="Edit method (default r-rome).")
+@click.option("--method", type=click.Choice(["r-rome", "rome", "memit"]), default=None,
+              help="Edit method (default r-rome); memit computes all requests as one batch, one commit.")
 @click.option("--layer", type=int, default=None, help="Layer to edit (default: the family's).")
+@click.option("--layers", "layers_text", default=None, metavar="RANGE",
+              help="memit: the layers to spread the batch over, as 3-5 or 3,4,5 (default: the family's).")
+@click.option("--mom2-update-weight", type=float, default=None,
+              help="memit: λ, how hard the update protects ordinary text's keys (default: the family's).")
 @click.option("--seed", type=int, default=None, help="Seed of the context templates (default 0).")
 @click.option("-m", "--message", default=None, help="Commit message (default: the fact).")
 @click.option("--batch", "batch_file", default=None, type=click.Path(dir_okay=False),
-              help="A JSONL file of requests: one commit per line, all or nothing.")
+              help="A JSONL file of requests: one commit per line, all or nothing (memit: one commit).")
 @model_options
 @repo_option
 @json_option
 @guarded
-def edit(prompt, subject, target_new, target_true, method, layer, seed, message, batch_file, base, dtype,
-         device_map, repo_path, as_json):
+def edit(prompt, subject, target_new, target_true, method, layer, layers_text, mom2_update_weight, seed, message,
+         batch_file, base, dtype, device_map, repo_path, as_json):
     """Rewrite one fact and commit it on the current branch.
 
     Outside a repository the edit is computed on --base and shown before/after, not saved.
+    With --method memit --batch FILE, all of FILE's requests are computed as one MEMIT batch
+    on HEAD's weights and committed as one commit (-m sets its message).
 
     Example: romevc edit --prompt "{} is located in the city of" --subject "The Eiffel Tower" --target Rome
     """
@@ -163,18 +189,24 @@ def edit(prompt, subject, target_new, target_true, method, layer, seed, message,
     from romevc.ledger.errors import NotARepositoryError
     from romevc.repo import Repo
 
+    memit = method == "memit"
     overrides = {"method": method, "layer": layer, "seed": seed}
     if batch_file is None and not (prompt and subject and target_new):
         raise click.UsageError("give --prompt, --subject and --target (or --batch FILE)")
-    if batch_file is not None and (prompt or subject or target_new or message):
+    if batch_file is not None and (prompt or subject or target_new or (message and not memit)):
         raise click.UsageError("--batch takes its requests and messages from the file; drop --prompt/--subject/--target/-m")
+    if memit and layer is not None:
+        raise click.UsageError("--method memit spreads the batch over --layers (e.g. 3-5); drop --layer")
+    if not memit and (layers_text is not None or mom2_update_weight is not None):
+        raise click.UsageError("--layers and --mom2-update-weight are memit settings; add --method memit")
     try:
         repo = Repo.open(repo_path)
     except NotARepositoryError:
         repo = None
     if repo is None:
-        if batch_file is not None:
-            raise UserError("--batch needs a repository to commit to; run `romevc init` first")
+        if batch_file is not None or memit:
+            raise UserError(f"{'--batch' if batch_file else '--method memit'} needs a repository to commit to; "
+                            "run `romevc init` first")
         from romevc.cli.model_commands import _load
 
         request = EditRequest(prompt, subject, target_new, target_true)
@@ -188,6 +220,12 @@ def edit(prompt, subject, target_new, target_true, method, layer, seed, message,
     with repo:
         if base is not None:
             raise UserError(f"this repository's base is {repo.info.base_id}; --base only applies outside a repository")
+        if memit:
+            settings = {"layers": parse_layers(layers_text), "mom2_update_weight": mom2_update_weight, "seed": seed}
+            requests = batch_file if batch_file is not None else [EditRequest(prompt, subject, target_new, target_true)]
+            made = repo.edit_memit(requests, {k: v for k, v in settings.items() if v is not None}, message=message)
+            emit(made.to_dict(), as_json, lambda d: _render_committed([d]))
+            return
         if batch_file is not None:
             made = repo.edit_batch(batch_file)
         else:

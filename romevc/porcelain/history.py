@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 
 from romevc.ledger import KIND_MERGE, Ledger, branch_ref
 from romevc.ledger.errors import CorruptObjectError
-from romevc.porcelain.errors import MergeConflictError, NothingToDoError, RepoError
-from romevc.porcelain.materialize import fingerprints_before
+from romevc.porcelain.errors import MergeConflictError, NothingToDoError, RecomputeError, RepoError
+from romevc.porcelain.materialize import batch_id, fingerprints_before
 from romevc.porcelain.merge import DEFAULT_THRESHOLD, conflict_message, find_conflicts, plan_merge, recompute_stale
 from romevc.porcelain.reading import summaries
 from romevc.porcelain.reports import BlameLine, EditSummary, MergeResult, RecomputeCheck, VerifyResult, short
@@ -83,6 +83,14 @@ def _contexts(repo: "Repo") -> tuple[dict[str, tuple[str, int]], set[str]]:
     return found, seen - set(found)
 
 
+def _compare(edit_id: str, stored, again) -> RecomputeCheck:
+    if again.u == stored.u and again.v == stored.v:
+        return RecomputeCheck(edit_id, "identical")
+    diff = max(float(np.abs(np.frombuffer(x, "<f4") - np.frombuffer(y, "<f4")).max())
+               for x, y in ((again.u, stored.u), (again.v, stored.v)))
+    return RecomputeCheck(edit_id, "differs", f"max |Δ| {diff:.3g} between stored and recomputed u/v", diff)
+
+
 def verify(repo: "Repo", *, recompute: bool) -> VerifyResult:
     report = repo.ledger.verify_all()
     if not recompute:
@@ -90,16 +98,33 @@ def verify(repo: "Repo", *, recompute: bool) -> VerifyResult:
     found, nowhere = _contexts(repo)
     checks = [RecomputeCheck(e, "skipped", "computed on weights this ledger does not hold (applied from elsewhere)")
               for e in sorted(nowhere)]
-    for edit_id, (commit, position) in tqdm(sorted(found.items()), desc="recomputing", unit="edit"):
+    singles = {e: place for e, place in found.items() if batch_id(repo.records(place[0])[place[1]]) is None}
+    batches: dict[str, tuple[str, int]] = {}  # batch id -> a (commit, position) of one of its pieces
+    for edit_id, (commit, position) in sorted(found.items()):
+        if edit_id not in singles:
+            batches.setdefault(batch_id(repo.records(commit)[position]), (commit, position))
+    for edit_id, (commit, position) in tqdm(sorted(singles.items()), desc="recomputing", unit="edit"):
         records = repo.records(commit)
-        stored = records[position]
-        again = repo.recompute(stored, records[:position])
-        if again.u == stored.u and again.v == stored.v:
-            checks.append(RecomputeCheck(edit_id, "identical"))
+        checks.append(_compare(edit_id, records[position], repo.recompute(records[position], records[:position])))
+    # A MEMIT batch is recomputed as a unit, on the weights before its first piece, and each
+    # piece is compared; every piece of it (in any commit) is then checked.
+    done: set[str] = set()
+    for bid, (commit, _) in tqdm(sorted(batches.items()), desc="recomputing MEMIT batches", unit="batch"):
+        records = repo.records(commit)
+        first = next(i for i, r in enumerate(records) if batch_id(r) == bid)
+        pieces = [r for r in records if batch_id(r) == bid]
+        try:
+            again = repo.recompute_batch(pieces, records[:first])
+        except RecomputeError as exc:
+            checks += [RecomputeCheck(p.id, "skipped", str(exc)) for p in pieces if p.id not in done]
+            done |= {p.id for p in pieces}
             continue
-        diff = max(float(np.abs(np.frombuffer(x, "<f4") - np.frombuffer(y, "<f4")).max())
-                   for x, y in ((again.u, stored.u), (again.v, stored.v)))
-        checks.append(RecomputeCheck(edit_id, "differs", f"max |Δ| {diff:.3g} between stored and recomputed u/v", diff))
+        for stored, new in zip(pieces, again):
+            if stored.id not in done:
+                checks.append(_compare(stored.id, stored, new))
+                done.add(stored.id)
+    left = {e for e in found if e not in singles} - done  # pieces seen elsewhere only (never expected)
+    checks += [RecomputeCheck(e, "skipped", "a MEMIT piece whose batch could not be gathered") for e in sorted(left)]
     return VerifyResult(report, tuple(checks))
 
 
@@ -132,7 +157,8 @@ def merge_into(repo: "Repo", ref: str, *, resolve: str | None = None, recompute:
             def again(record, on):
                 bar.update(1)
                 return repo.recompute(record, on)
-            result, pairs = recompute_stale(repo.info.base_fingerprint, result, again)
+            result, pairs = recompute_stale(repo.info.base_fingerprint, result, again,
+                                            recompute_batch=repo.recompute_batch)
     stale = repo.stale(result)
     commit = repo._commit([ours, theirs], result, message or f"Merge {ref} into {branch}", KIND_MERGE,
                           author, time, tz)
@@ -148,7 +174,8 @@ def recompute_head(repo: "Repo", *, author: str | None, time: int | None, tz: in
     branch, head = repo._branch_head()
     if head is None:
         raise NothingToDoError("no commits yet; nothing to rebase")
-    result, pairs = recompute_stale(repo.info.base_fingerprint, repo.records(head), repo.recompute)
+    result, pairs = recompute_stale(repo.info.base_fingerprint, repo.records(head), repo.recompute,
+                                    recompute_batch=repo.recompute_batch)
     if not pairs:
         raise NothingToDoError("no stale edits at HEAD; nothing to rebase")
     commit = repo._commit([head], result, f"Recompute {len(pairs)} stale edit(s)", KIND_REBASE, author, time, tz)
@@ -210,7 +237,8 @@ def rebase_onto(repo: "Repo", onto: str) -> MergeResult:
             bar.update(1)
             return repo.recompute(record, on)
 
-        current, pairs = recompute_stale(repo.info.base_fingerprint, current, again, only=mine)
+        current, pairs = recompute_stale(repo.info.base_fingerprint, current, again, only=mine,
+                                         recompute_batch=repo.recompute_batch)
         for old, new in pairs:
             origin[new] = origin.get(old, old)
             recomputed.append((old, new))

@@ -10,6 +10,10 @@ time (:func:`romevc.editing.delta.weights_fingerprint`). :func:`fingerprints_bef
 recomputes the same hash from the stored bytes, without a model, so whether an edit is
 **stale** (computed on weights other than the ones it now lands on) is a cheap,
 derived fact of each (edit, position in an edit set) — never stored, never out of date.
+
+A MEMIT batch is stored as one rank-one piece per (request, layer), all computed together
+on the weights before the batch. Its pieces share ``hparams["batch"]["id"]``, and every
+piece is compared with the fingerprint before the batch's first piece, not before itself.
 """
 from __future__ import annotations
 
@@ -21,8 +25,9 @@ import numpy as np
 import torch
 
 from romevc.editing.delta import Delta
-from romevc.editing.result import EditResult
+from romevc.editing.result import EditResult, MemitResult
 from romevc.ledger import EditRecord, RepoInfo, StoredDelta
+from romevc.ledger.objects import canonical_json
 from romevc.porcelain.errors import BaseMismatchError
 
 log = logging.getLogger(__name__)
@@ -62,6 +67,43 @@ def record_from_result(result: EditResult, *, author: str, time: int) -> EditRec
     )
 
 
+BATCH = "batch"  # the hparams key of a MEMIT piece: {"id", "index", "size"}
+
+
+def batch_id(record: EditRecord) -> str | None:
+    """The batch a MEMIT piece belongs to (None for an edit computed alone)."""
+    info = record.hparams.get(BATCH) if isinstance(record.hparams, dict) else None
+    return info.get("id") if isinstance(info, dict) else None
+
+
+def memit_batch_id(result: MemitResult) -> str:
+    """sha256 over what makes a batch: its requests, hyperparameters, templates and weights."""
+    content = {"requests": [r.to_dict() for r in result.requests], "hparams": result.hparams,
+               "templates": list(result.templates), "weights_fingerprint": result.weights_fingerprint}
+    return hashlib.sha256(canonical_json(content).encode("utf-8")).hexdigest()
+
+
+def records_from_memit(result: MemitResult, *, author: str, time: int) -> list[EditRecord]:
+    """One rank-one record per (request, layer), request-major.
+
+    Each module's pieces then stack, in order, into exactly the batch's u and v, so
+    materialising them gives the bits ``Editor.apply([result])`` gives.
+    """
+    bid = memit_batch_id(result)
+    n = len(result.requests)
+    out = []
+    for i, request in enumerate(result.requests):
+        hparams = {**result.hparams, BATCH: {"id": bid, "index": i, "size": n}}
+        for layer, stats_id, delta in zip(result.layers, result.stats_ids, result.request_deltas(i)):
+            out.append(EditRecord.create(
+                request=request.to_dict(), method=result.method, hparams=hparams, seed=result.seed,
+                templates=result.templates, layer=layer, module=delta.module, layout=delta.layout,
+                u=_le_bytes(delta.u), v=_le_bytes(delta.v), rank=1, stats_id=stats_id,
+                weights_fingerprint=result.weights_fingerprint, author=author, time=time,
+            ))
+    return out
+
+
 def delta_digest(record: EditRecord) -> str:
     """:meth:`Delta.digest` of ``to_delta(record)``, from the stored bytes (no torch)."""
     u_shape, v_shape = _shapes(record)
@@ -72,11 +114,15 @@ def delta_digest(record: EditRecord) -> str:
 
 
 def fingerprints_before(base_fingerprint: str, records: Sequence[EditRecord]) -> list[str]:
-    """For each position i, the fingerprint of base + records[:i] (what edit i should have seen)."""
+    """For each position i, the fingerprint of base + records[:i] (what edit i should have seen);
+    for a MEMIT piece, that of the weights before its batch's first piece in ``records``."""
     out: list[str] = []
+    first: dict[str, str] = {}  # batch id -> fingerprint before its first piece
     h = hashlib.sha256(base_fingerprint.encode())
     for i, record in enumerate(records):
-        out.append(base_fingerprint if i == 0 else h.hexdigest())
+        here = base_fingerprint if i == 0 else h.hexdigest()
+        bid = batch_id(record)
+        out.append(first.setdefault(bid, here) if bid is not None else here)
         h.update(delta_digest(record).encode())
     return out
 
@@ -183,3 +229,13 @@ class Workspace:
             return editor.compute(request, hparams)
         return compute_edit(editor.model, editor.tokenizer, request, hparams, stats=editor.stats,
                             templates=tuple(templates))
+
+    def compute_memit(self, requests, hparams, *, templates: Sequence[str] | None = None) -> MemitResult:
+        """One MEMIT batch on the weights checked out now; stored ``templates`` make a recompute exact."""
+        from romevc.editing.memit import compute_memit
+
+        editor = self.editor
+        if templates is None:
+            return editor.compute_memit(requests, hparams)
+        return compute_memit(editor.model, editor.tokenizer, requests, hparams, stats=editor.stats,
+                             templates=tuple(templates))

@@ -24,8 +24,8 @@ from typing import Callable, Collection, Sequence
 import numpy as np
 
 from romevc.ledger import EditRecord
-from romevc.porcelain.errors import MergeConflictError
-from romevc.porcelain.materialize import delta_digest
+from romevc.porcelain.errors import MergeConflictError, RecomputeError
+from romevc.porcelain.materialize import batch_id, delta_digest
 from romevc.porcelain.reports import Conflict, EditSummary
 
 DEFAULT_THRESHOLD = 0.9  # |cos| of update directions above which two edits interfere
@@ -119,21 +119,43 @@ def recompute_stale(
     base_fingerprint: str, records: Sequence[EditRecord],
     recompute: Callable[[EditRecord, Sequence[EditRecord]], EditRecord],
     only: Collection[str] | None = None,
+    recompute_batch: Callable[[Sequence[EditRecord], Sequence[EditRecord]], list[EditRecord]] | None = None,
 ) -> tuple[list[EditRecord], list[tuple[str, str]]]:
     """Walk ``records`` in order and replace each stale edit (optionally only ids in
     ``only``) by ``recompute(edit, edits before it)``, which must compute it on exactly
     those weights. Returns the new list and the (old id, new id) pairs.
+
+    A stale MEMIT piece is recomputed with its whole batch: ``recompute_batch(pieces, edits
+    before the first piece)`` returns the new pieces in the order given, and each replaces
+    its old piece where that sits.
     """
     out: list[EditRecord] = []
     pairs: list[tuple[str, str]] = []
+    first: dict[str, str] = {}  # batch id -> fingerprint before its first piece
+    redone: dict[str, EditRecord] = {}  # old piece id -> its recomputed piece
     h = hashlib.sha256(base_fingerprint.encode())
     for record in records:
-        expected = base_fingerprint if not out else h.hexdigest()
-        stale = record.weights_fingerprint is not None and record.weights_fingerprint != expected
-        if stale and (only is None or record.id in only):
-            new = recompute(record, list(out))
+        here = base_fingerprint if not out else h.hexdigest()
+        bid = batch_id(record)
+        if record.id in redone:
+            new = redone.pop(record.id)
             pairs.append((record.id, new.id))
             record = new
+        else:
+            expected = first.setdefault(bid, here) if bid is not None else here
+            stale = record.weights_fingerprint is not None and record.weights_fingerprint != expected
+            pieces = [r for r in records if batch_id(r) == bid] if stale and bid is not None else [record]
+            if stale and (only is None or any(p.id in only for p in pieces)):
+                if bid is None:
+                    new = recompute(record, list(out))
+                else:
+                    if recompute_batch is None:
+                        raise RecomputeError(f"edit {record.id[:7]} is a piece of a MEMIT batch, which is "
+                                             "recomputed only as a whole batch")
+                    redone.update((old.id, again) for old, again in zip(pieces, recompute_batch(pieces, list(out))))
+                    new = redone.pop(record.id)
+                pairs.append((record.id, new.id))
+                record = new
         out.append(record)
         h.update(delta_digest(record).encode())
     return out, pairs

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from romevc.ledger import EditRecord
 from romevc.porcelain import batch
-from romevc.porcelain.reports import DiffReport, EditEffect, EditSummary, ProbeResult, ShowReport, Status
+from romevc.porcelain.reports import DiffReport, EditEffect, EditSummary, ProbeResult, ShowReport, Status, collapse
 
 if TYPE_CHECKING:
     from romevc.repo import Repo
@@ -34,7 +34,7 @@ def status(repo: "Repo") -> Status:
     records = repo.records(head.commit)
     stale = [r for r, s in zip(records, repo.stale(records)) if s]
     i = repo.info
-    return Status(head.branch, head.commit, len(records), summaries(stale, [True] * len(stale)),
+    return Status(head.branch, head.commit, len(records), collapse(stale, [True] * len(stale)),
                   i.base_id, i.revision, i.base_fingerprint, i.architecture, i.dtype,
                   repo.ledger.url.render_as_string(hide_password=True))
 
@@ -48,16 +48,17 @@ def show(repo: "Repo", ref: str = "HEAD", *, predictions: bool = True) -> ShowRe
     added = [e for e in after if e.id not in before_ids]
     removed = [e for e in before if e.id not in after_ids]
     effects: list[EditEffect] = []
-    changed = [(e, "added") for e in added] + [(e, "removed") for e in removed]
+    # A MEMIT request's pieces (one per layer) are one fact here: listed and predicted once.
+    added_facts = collapse(added, [stale[e.id] for e in added])
+    removed_facts = collapse(removed)
+    changed = [(e, "added") for e in added_facts] + [(e, "removed") for e in removed_facts]
     if predictions and changed:
-        prompts = [EditSummary.of(e).text for e, _ in changed]
-        targets = [e.request.get("target_new") for e, _ in changed]
+        prompts = [e.text for e, _ in changed]
+        targets = [e.target_new for e, _ in changed]
         was = repo.predictions(prompts, targets, records=before)
         now = repo.predictions(prompts, targets, records=after)
-        effects = [EditEffect(EditSummary.of(e, stale.get(e.id)), kind, b, a)
-                   for (e, kind), b, a in zip(changed, was, now)]
-    return ShowReport(commit, tuple(EditSummary.of(e, stale[e.id]) for e in added), summaries(removed),
-                      tuple(effects))
+        effects = [EditEffect(e, kind, b, a) for (e, kind), b, a in zip(changed, was, now)]
+    return ShowReport(commit, added_facts, removed_facts, tuple(effects))
 
 def diff(repo: "Repo", a: str, b: str = "HEAD", *, probe: str | Path | None = None) -> DiffReport:
     """Edits added and removed from ``a`` to ``b``; with ``probe``, the top prediction of each prompt at both."""

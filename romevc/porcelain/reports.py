@@ -5,6 +5,7 @@ the repository is closed.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,14 @@ SHORT = 7  # characters of a short id, as git prints them
 
 def short(commit_or_edit_id: str | None) -> str:
     return (commit_or_edit_id or "")[:SHORT]
+
+
+def layer_range(layers) -> str:
+    """"3-5" for consecutive layers, "3,5,7" otherwise, "4" for one."""
+    layers = sorted(layers)
+    if len(layers) > 1 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
 
 
 def commit_dict(c: CommitRecord) -> dict[str, Any]:
@@ -38,6 +47,9 @@ class EditSummary:
     author: str
     time: int
     stale: bool | None = None  # computed on other weights than it lands on (None: not asked)
+    layers: tuple[int, ...] = ()  # a MEMIT request's layers (its pieces collapsed); () for one edit
+    batch: dict[str, Any] | None = None  # a MEMIT piece's {"id", "index", "size"}; None otherwise
+    pieces: tuple[str, ...] = ()  # the ids of a collapsed MEMIT request's pieces, layer by layer
 
     @classmethod
     def of(cls, record: EditRecord, stale: bool | None = None) -> "EditSummary":
@@ -45,7 +57,19 @@ class EditSummary:
         return cls(id=record.id, subject=r.get("subject", ""), prompt=r.get("prompt", "{}"),
                    target_new=r.get("target_new", ""), target_true=r.get("target_true"), layer=record.layer,
                    module=record.module, method=record.method, norm=record.norm, author=record.author,
-                   time=record.time, stale=stale)
+                   time=record.time, stale=stale, batch=_batch(record))
+
+    @classmethod
+    def of_pieces(cls, pieces, stale: bool | None = None) -> "EditSummary":
+        """One MEMIT request from its pieces (one per layer): first piece's id, ‖ΔW‖ over all layers."""
+        first = min(pieces, key=lambda r: r.layer)
+        norm = sum(r.norm ** 2 for r in pieces) ** 0.5  # Frobenius norm of all its layers' updates together
+        return dataclasses.replace(cls.of(first, stale), norm=norm, layers=tuple(sorted(r.layer for r in pieces)),
+                                   pieces=tuple(r.id for r in sorted(pieces, key=lambda r: r.layer)))
+
+    @property
+    def layer_text(self) -> str:
+        return layer_range(self.layers) if self.layers else str(self.layer)
 
     @property
     def text(self) -> str:
@@ -60,7 +84,35 @@ class EditSummary:
         return {"id": self.id, "short": short(self.id), "fact": self.fact, "subject": self.subject,
                 "prompt": self.prompt, "target_new": self.target_new, "target_true": self.target_true,
                 "layer": self.layer, "module": self.module, "method": self.method, "norm": self.norm,
-                "author": self.author, "time": self.time, "stale": self.stale}
+                "author": self.author, "time": self.time, "stale": self.stale, "layers": self.layer_text,
+                "batch": self.batch, "pieces": list(self.pieces)}
+
+
+def _batch(record: EditRecord) -> dict[str, Any] | None:
+    info = record.hparams.get("batch") if isinstance(record.hparams, dict) else None
+    return dict(info) if isinstance(info, dict) else None
+
+
+def collapse(records, stale=None) -> tuple[EditSummary, ...]:
+    """Summaries with a MEMIT request's pieces (same batch and index) as one fact, where its first piece sits."""
+    stale = list(stale) if stale is not None else [None] * len(records)
+    groups: dict[tuple, list] = {}
+    order: list[tuple] = []
+    for r, s in zip(records, stale):
+        info = _batch(r)
+        key = ("batch", info.get("id"), info.get("index")) if info else ("edit", r.id)
+        if key not in groups:
+            order.append(key)
+            groups[key] = []
+        groups[key].append((r, s))
+    out = []
+    for key in order:
+        group = groups[key]
+        flags = [s for _, s in group]
+        flag = None if all(f is None for f in flags) else any(bool(f) for f in flags)
+        out.append(EditSummary.of(group[0][0], flag) if key[0] == "edit"
+                   else EditSummary.of_pieces([r for r, _ in group], flag))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
