@@ -197,3 +197,21 @@ def test_cli_bad_memit_input_is_one_line_and_writes_nothing(invoke_cli, cli_repo
     out = one_error_line(invoke_cli("edit", "--method", "memit", "--layers", "5-3", "--batch", good, code=1))
     assert "--layers must be" in out
     assert counts(cli_repo) == before
+
+
+def test_a_batch_whose_branch_moved_is_recomputed_on_the_new_tip(make_repo):
+    ours = make_repo()
+    with Repo.open(ours.root, loaded=ours.workspace.loaded) as theirs:
+        compute, moved = ours.workspace.compute_memit, []
+
+        def compute_while_someone_commits(*args, **kwargs):
+            if not moved:  # another writer commits while our first attempt computes
+                moved.append(theirs.edit(A, time=1).commit.id)
+            return compute(*args, **kwargs)
+
+        ours.workspace.compute_memit = compute_while_someone_commits
+        made = ours.edit_memit(FACTS, HP, time=2)
+    records = ours.records("main")
+    assert tuple(made.commit.parents) == (moved[0],) and len(ours.log()) == 2
+    assert [r.request["subject"] for r in records] == [A.subject] + [r.subject for r in FACTS for _ in (0, 1)]
+    assert not any(ours.stale(records)) and ours.verify(recompute=True).ok
