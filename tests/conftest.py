@@ -106,3 +106,9 @@ def pytest_terminal_summary(terminalreporter) -> None:
     if line:
         terminalreporter.write_sep("-", "ledger backends")
         terminalreporter.write_line(line)
+    from tests.fault_report import SECTIONS
+
+    for section, lines in SECTIONS.items():
+        terminalreporter.write_sep("-", section)
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -25,6 +25,7 @@ from romevc.editing.request import EditRequest
 from romevc.ledger import CommitRecord, Ledger, RefConflictError, default_url
 from romevc.porcelain.writers import COMMIT_ATTEMPTS
 from romevc.repo import Repo
+from tests.fault_report import report as report_counts
 from tests.tiny_facts import AUTHOR, FACTS, FIXTURE, A, B
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -95,8 +96,8 @@ def test_a_branch_moved_under_a_writer_is_refused_never_overwritten(processes, t
         assert [c.id for c in ledger.log("main")][::-1] == [commit for _, commit in winners]
         report = ledger.verify_all()
         assert report.ok and report.commits == rounds  # the losers stored nothing
-    print(f"\nCAS race: {processes} processes, {rounds} rounds, {rounds} commits, "
-          f"{rounds * (processes - 1)} refused with RefConflictError")
+    report_counts("concurrent writers", f"CAS race: {processes} processes, {rounds} rounds, {rounds} commits, "
+           f"{rounds * (processes - 1)} refused with RefConflictError")
 
 
 # -- the porcelain: every edit of every process lands -----------------------------------------------------------
@@ -143,8 +144,8 @@ def test_concurrent_edits_all_land_once(processes, tmp_path, tiny):
         assert sorted((r.request["subject"], r.request["target_new"]) for r in records) == \
             sorted((r.subject, r.target_new) for r in todo)  # every edit, exactly once
         assert not any(repo.stale(records))  # each computed on the weights it landed on
-    print(f"\nconcurrent edits: {processes} processes, {len(history)} commits, {retries} retries "
-          f"(recomputed on a moved branch)")
+    report_counts("concurrent writers", f"concurrent edits: {processes} processes, {len(history)} commits, {retries} retries "
+           f"(recomputed on a moved branch)")
 
 
 # -- the retry itself, step by step ------------------------------------------------------------------------------

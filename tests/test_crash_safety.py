@@ -41,6 +41,7 @@ from romevc.remotes import sync
 from romevc.remotes.exports import export
 from romevc.repo import Repo
 from tests.crash_harness import run_child
+from tests.fault_report import report as report_counts
 from tests.tiny_facts import AUTHOR, FIXTURE, A, B, C, D
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -220,10 +221,10 @@ def test_sigkill_leaves_none_or_all_of_the_operation(prepared, tmp_path):
                 tally[name]["finished"] += 1
             shutil.rmtree(work)
     total = sum(sum(t[k] for k in ("point", "timed")) for t in tally.values())
-    print(f"\ncrash trials (seed {SEED}): {total}")
-    for name, t in tally.items():
-        print(f"  {name:12} {t['point'] + t['timed']:3} trials ({t['point']} at a point, {t['timed']} timed): "
-              f"none {t['none']}, fetched {t['fetched']}, whole {t['whole']}; finished by a rerun {t['finished']}")
+    report_counts("crash safety", f"crash trials (seed {SEED}): {total}", *(
+        f"  {name:12} {t['point'] + t['timed']:3} trials ({t['point']} at a point, {t['timed']} timed): "
+        f"none {t['none']}, fetched {t['fetched']}, whole {t['whole']}; finished by a rerun {t['finished']}"
+        for name, t in tally.items()))
     assert total >= 100
     for name, t in tally.items():
         assert t["none at a point"] and t["whole at a point"], f"{name}: no kill at a point on each side of the commit"

@@ -58,6 +58,7 @@ from romevc.remotes.editset import (
 )
 from romevc.remotes.errors import InvalidEditSetError
 from romevc.repo import Repo
+from tests.fault_report import report as report_counts
 from tests.tiny_facts import AUTHOR, FIXTURE, A, B, C
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -114,10 +115,8 @@ def fuzzed(tmp_path_factory, tiny, one_thread):
 def _report():
     yield
     width = max(map(len, PROPERTIES))
-    print("\nfuzz cases per property:")
-    for name in PROPERTIES:
-        print(f"  {name:<{width}}  {CASES[name]:>5}")
-    print(f"  {'total':<{width}}  {sum(CASES.values()):>5}")
+    report_counts("fuzzing", "fuzz cases per property:", *(f"  {name:<{width}}  {CASES[name]:>5}" for name in PROPERTIES),
+           f"  {'total':<{width}}  {sum(CASES.values()):>5}")
 
 
 def dump(root: Path) -> dict[str, list]:

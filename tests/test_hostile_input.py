@@ -59,6 +59,7 @@ from romevc.remotes.errors import (
     UnsafeEditSetError,
 )
 from romevc.repo import Repo
+from tests.fault_report import report as report_counts
 from tests.tiny_facts import AUTHOR, FIXTURE, A, B, C
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -126,9 +127,8 @@ def world(tmp_path_factory, tiny, one_thread):
 @pytest.fixture(scope="module", autouse=True)
 def _report():
     yield
-    print(f"\nhostile inputs refused: {sum(REFUSED.values())}")
-    for what, n in sorted(REFUSED.items()):
-        print(f"  {n:>3}  {what}")
+    report_counts("hostile input", f"hostile inputs refused: {sum(REFUSED.values())}",
+           *(f"  {n:>3}  {what}" for what, n in sorted(REFUSED.items())))
 
 
 def ledger_rows(root: Path) -> dict[str, list]:
