@@ -4,12 +4,19 @@ Efficacy (ES): p(new) > p(true) on the edited prompt; paraphrase (PS): the same 
 rephrased prompt; neighbourhood (NS): p(true neighbour object) > p(new) on a prompt
 about a different subject with the same relation. Probabilities are exp(−mean per-token
 NLL), teacher-forced, so multi-token objects are compared fairly.
+
+Generation entropy (GE, the paper's "fluency"): for records of the original format,
+which carry ``generation_prompts``, text is sampled from the edited model and scored by
+its n-gram entropy (see :func:`ngram_entropy`); a model that repeats itself scores low.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
+import re
+import unicodedata
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from statistics import mean
@@ -28,6 +35,7 @@ class CounterFactCase:
     request: EditRequest  # target_true = the real object
     paraphrases: tuple[str, ...]
     neighbours: tuple[tuple[str, str], ...]  # (prompt, its true object)
+    generation_prompts: tuple[str, ...] = ()  # original format only: prefixes for the GE texts
 
 
 def _from_simplified(record: dict) -> CounterFactCase:
@@ -42,7 +50,8 @@ def _from_original(record: dict) -> CounterFactCase:
                           rewrite["target_true"]["str"])
     true = rewrite["target_true"]["str"]
     return CounterFactCase(int(record["case_id"]), request, tuple(record.get("paraphrase_prompts", ())),
-                           tuple((p, true) for p in record.get("neighborhood_prompts", ())))
+                           tuple((p, true) for p in record.get("neighborhood_prompts", ())),
+                           tuple(record.get("generation_prompts", ())))
 
 
 def load_counterfact(path: str | Path, n: int | None = None) -> list[CounterFactCase]:
@@ -73,6 +82,75 @@ class CaseScores:
     efficacy_margin: float  # p(new) − p(true) on the prompt
     paraphrase_margin: float
     neighbourhood_margin: float  # p(true) − p(new) on neighbours
+    generation_entropy: float = float("nan")  # bits, mean over the generation prompts; NaN: none generated
+
+
+# -- generation entropy (ROME's experiments/py/eval_utils_counterfact.py) -------------------
+
+GENERATION_TOKENS = 100  # ROME's max_out_len: each text is this many tokens long, prompt included
+GENERATION_TOP_K = 5  # ROME's generate_fast samples from the 5 most likely tokens
+GENERATION_SEED = 0
+_WORD = re.compile(r"\w+|[^\w\s]")  # words and single punctuation marks
+
+
+def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)) -> float:
+    """ROME's ``compute_n_gram_entropy``: mean of weight_n · H(n-gram frequencies), H in bits.
+
+    With the default weights this is (2/3·H₂ + 4/3·H₃) / 2, a weighted average leaning on
+    trigrams. ROME tokenises with ``nltk.word_tokenize``; this uses a regular expression
+    (runs of word characters, each other non-space character alone), which agrees on plain
+    prose and differs on contractions ("don't" is one nltk split further). A text too short
+    for any n-gram contributes 0, as an empty frequency table does in ROME's code.
+    """
+    from collections import Counter
+
+    words = _WORD.findall(text)
+    entropies = []
+    for n, weight in zip(ns, weights):
+        counts = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+        total = sum(counts.values())
+        entropy = -sum(c / total * math.log2(c / total) for c in counts.values()) if total else 0.0
+        entropies.append(weight * entropy)
+    return mean(entropies)
+
+
+def generate_text(model, tokenizer, prompt: str, length: int = GENERATION_TOKENS, *,
+                  top_k: int = GENERATION_TOP_K, seed: int = GENERATION_SEED) -> str:
+    """``prompt`` continued to ``length`` tokens (prompt included) by top-k sampling, as ROME's ``generate_fast``.
+
+    The sampler has its own generator seeded with ``seed``, so a text depends only on the
+    weights, the prompt and the seed; ``top_k=1`` is greedy decoding. The length is cut to
+    the model's context. Like ROME, generation runs on past an end-of-text token, whose text
+    is dropped when decoding; the text is NFKD-normalised with blank lines joined.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
+    limit = min(length, context)
+    ids = tokenizer(prompt)["input_ids"][:limit]
+    generator = torch.Generator().manual_seed(seed)
+    # transformers 5 renamed the key-value cache argument and output from past_key_values to cache
+    cache = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids], device=device), use_cache=True)
+        while len(ids) < limit:
+            probs, candidates = out.logits[0, -1].float().softmax(-1).topk(top_k)  # (top_k,) each
+            choice = torch.multinomial(probs.cpu(), 1, generator=generator).item()
+            ids.append(int(candidates[choice]))
+            if len(ids) < limit:  # only the new token goes in; the cache holds the rest
+                out = model(input_ids=torch.tensor([ids[-1:]], device=device), use_cache=True,
+                            **{cache: getattr(out, cache)})
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    return unicodedata.normalize("NFKD", text).replace("\n\n", " ")
+
+
+def generation_entropy(model, tokenizer, prompts: Sequence[str], length: int = GENERATION_TOKENS,
+                       seed: int = GENERATION_SEED) -> float:
+    """Mean n-gram entropy (bits) of one text sampled per prompt; NaN without prompts or length."""
+    if not prompts or length <= 0:
+        return float("nan")
+    return mean(ngram_entropy(generate_text(model, tokenizer, p, length, seed=seed + i)) for i, p in enumerate(prompts))
 
 
 def _pairs_nll(model, tokenizer, prompts: Sequence[str], first: str, second: Sequence[str]) -> list[tuple[float, float]]:
@@ -82,8 +160,11 @@ def _pairs_nll(model, tokenizer, prompts: Sequence[str], first: str, second: Seq
     return list(zip(nll[:n], nll[n:]))
 
 
-def score_case(model, tokenizer, case: CounterFactCase) -> CaseScores:
-    """Score ``case`` on the model as it is now (edited or not)."""
+def score_case(model, tokenizer, case: CounterFactCase, gen_tokens: int = 0) -> CaseScores:
+    """Score ``case`` on the model as it is now (edited or not).
+
+    With ``gen_tokens`` > 0 and generation prompts in the case, also its generation entropy.
+    """
     request = case.request
     new, true = request.target_new, request.target_true or ""
     prompts = [request.text, *case.paraphrases]
@@ -101,6 +182,7 @@ def score_case(model, tokenizer, case: CounterFactCase) -> CaseScores:
         efficacy_margin=prob(rewrite[0][0]) - prob(rewrite[0][1]),
         paraphrase_margin=mean(prob(a) - prob(b) for a, b in para) if para else float("nan"),
         neighbourhood_margin=mean(prob(b) - prob(a) for a, b in neighbour) if neighbour else float("nan"),
+        generation_entropy=generation_entropy(model, tokenizer, case.generation_prompts, gen_tokens),
     )
 
 
@@ -116,10 +198,14 @@ class Summary:
     PM: float
     NM: float
     S: float  # harmonic mean of ES, PS, NS
+    GE: float = float("nan")  # 100 × mean generation entropy in bits, as the paper's tables; NaN: not measured
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if math.isnan(self.GE):  # no generation prompts (the simplified format) or generation off
+            data.pop("GE")
+        return data
 
 
 def _harmonic(values: Iterable[float]) -> float:
@@ -137,6 +223,7 @@ def summarise(scores: Sequence[CaseScores]) -> Summary:
         n=len(scores), ES=es, PS=ps, NS=ns,
         EM=pct(s.efficacy_margin for s in scores), PM=pct(s.paraphrase_margin for s in scores),
         NM=pct(s.neighbourhood_margin for s in scores), S=_harmonic([es, ps, ns]),
+        GE=pct(s.generation_entropy for s in scores),
     )
 
 
@@ -161,33 +248,39 @@ def neutral_nll(model, tokenizer, text: str = NEUTRAL_TEXT) -> float:
 @dataclass
 class EvalRun:
     method: str
-    layer: int
+    layer: int | str  # MEMIT: its range as text, e.g. "3-5"
     sequential: bool
     summary: dict  # Summary.to_dict() for CounterFact, summarise_zsre() for zsRE
-    seconds_per_edit: float
-    mean_delta_norm: float
+    seconds_per_edit: float  # MEMIT: batch seconds / batch size
+    mean_delta_norm: float  # MEMIT: mean over batches and layers of each layer's ‖ΔW‖
     mean_relative_norm: float  # ‖ΔW‖ / ‖W‖
-    neutral_nll: float  # after the edits (sequential) or averaged over single edits
+    neutral_nll: float  # after the edits (sequential) or averaged over single edits (MEMIT: batches)
     checkpoints: list = field(default_factory=list)  # sequential: scores after the first n edits
     cases: list = field(default_factory=list)
+    layers: list | None = None  # MEMIT only: the edited layers
+    batch_size: int | None = None  # MEMIT only: requests per batch
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data.pop("cases")
+        for key in ("layers", "batch_size"):
+            if data[key] is None:
+                data.pop(key)
         return data
 
 
-def _scoring(cases) -> tuple[Callable, Callable[[list], dict]]:
+def _scoring(cases, gen_tokens: int = 0) -> tuple[Callable, Callable[[list], dict]]:
     """(score one case, summarise scores) for the dataset the cases came from."""
     if cases and isinstance(cases[0], ZsreCase):
         return score_zsre, summarise_zsre
-    return score_case, lambda scores: summarise(scores).to_dict()
+    return (lambda model, tokenizer, case: score_case(model, tokenizer, case, gen_tokens),
+            lambda scores: summarise(scores).to_dict())
 
 
-def evaluate_unedited(editor, cases: Sequence, progress: bool = True) -> dict:
+def evaluate_unedited(editor, cases: Sequence, progress: bool = True, gen_tokens: int = 0) -> dict:
     from tqdm.auto import tqdm
 
-    score, summary = _scoring(cases)
+    score, summary = _scoring(cases, gen_tokens)
     editor.restore()
     return summary([score(editor.model, editor.tokenizer, c)
                     for c in tqdm(cases, desc="unedited", disable=not progress, leave=False)])
@@ -195,7 +288,8 @@ def evaluate_unedited(editor, cases: Sequence, progress: bool = True) -> dict:
 
 def evaluate_edits(editor, cases: Sequence, hparams, *, sequential: bool = False,
                    progress: bool = True, checkpoints: Sequence[int] = (),
-                   on_record: Callable[[dict], None] | None = None, done: Sequence[dict] = ()) -> EvalRun:
+                   on_record: Callable[[dict], None] | None = None, done: Sequence[dict] = (),
+                   gen_tokens: int = 0) -> EvalRun:
     """Edit each case and score it: one at a time from the base, or all in sequence.
 
     One at a time: edit, score, restore. Sequential: each edit is computed on the model
@@ -204,10 +298,11 @@ def evaluate_edits(editor, cases: Sequence, hparams, *, sequential: bool = False
     ``on_record`` receives one JSON-able dict per edit and per checkpoint as they happen,
     so a long run leaves its partial results behind; one at a time, those records of
     this method and layer passed back as ``done`` are reused instead of recomputed.
+    ``gen_tokens`` > 0: generation entropy of CounterFact cases with generation prompts.
     """
     from tqdm.auto import tqdm
 
-    score, summary = _scoring(cases)
+    score, summary = _scoring(cases, gen_tokens)
     emit = on_record or (lambda record: None)
     reuse = {} if sequential else {r["index"]: r for r in done if r.get("kind") == "edit"
                                    and r.get("method") == hparams.method and r.get("layer") == hparams.layer}
@@ -218,7 +313,7 @@ def evaluate_edits(editor, cases: Sequence, hparams, *, sequential: bool = False
             earlier = reuse[index]
             seconds.append(earlier["seconds"])
             norms.append(earlier["delta_norm"])
-            scores.append(CaseScores(**earlier["scores"]) if isinstance(case, CounterFactCase) else earlier["scores"])
+            scores.append(_case_scores(case, earlier["scores"]))
             fluency.append(earlier["neutral_nll"])
             continue
         result = editor.compute(case.request, hparams)
@@ -254,6 +349,100 @@ def evaluate_edits(editor, cases: Sequence, hparams, *, sequential: bool = False
         seconds_per_edit=mean(seconds) if seconds else nan, mean_delta_norm=mean(norms) if norms else nan,
         mean_relative_norm=mean(norms) / weight_norm if norms else nan,
         neutral_nll=mean(fluency) if fluency else nan, checkpoints=reached, cases=scores,
+    )
+
+
+def _case_scores(case, stored: dict):
+    """A case's scores as an on_record record stored them."""
+    return CaseScores(**stored) if isinstance(case, CounterFactCase) else stored
+
+
+def layer_label(layers: Sequence[int]) -> str:
+    """"3-5" for a contiguous range, "2,4" otherwise: the layer column of a MEMIT run."""
+    layers = list(layers)
+    if len(layers) > 1 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
+
+
+def evaluate_memit(editor, cases: Sequence, hparams, *, batch_size: int | None = None, sequential: bool = False,
+                   progress: bool = True, checkpoints: Sequence[int] = (),
+                   on_record: Callable[[dict], None] | None = None, done: Sequence[dict] = (),
+                   gen_tokens: int = 0) -> EvalRun:
+    """Edit the cases as MEMIT batches and score every case on the model carrying its batch.
+
+    The cases are cut into consecutive batches of ``batch_size`` (None: one batch of all,
+    as the paper's batches of edits). Otherwise the batches are independent: each is
+    computed on the unedited model, applied, its cases scored, and the model restored.
+    ``sequential``: each batch is computed on the model carrying the batches before it and
+    applied on top; all cases are scored at the end, and at each count in ``checkpoints``
+    that a batch reaches or passes, the cases edited so far. ``on_record`` receives one
+    JSON-able dict per batch (and per checkpoint); independent batches passed back as
+    ``done`` with the same layers, start and size are reused instead of recomputed.
+    """
+    from tqdm.auto import tqdm
+
+    score, summary = _scoring(cases, gen_tokens)
+    emit = on_record or (lambda record: None)
+    layers = list(hparams.layers)
+    size = batch_size or max(1, len(cases))
+    reuse = {} if sequential else {(r["start"], r["size"]): r for r in done if r.get("kind") == "batch"
+                                   and r.get("method") == "memit" and r.get("layers") == layers}
+    editor.restore()
+    results, seconds, norms, relative, scores, fluency, reached = [], [], [], [], [], [], []
+    weight_norms = {layer: _edited_weight_norm(editor, layer) for layer in layers}
+    starts = range(0, len(cases), size)
+    for number, start in enumerate(tqdm(starts, desc="memit batches", disable=not progress, leave=False)):
+        batch = cases[start : start + size]
+        if (start, len(batch)) in reuse:
+            earlier = reuse[start, len(batch)]
+            seconds.append(earlier["seconds"])
+            norms.extend(earlier["delta_norms"])
+            relative.extend(n / weight_norms[layer] for n, layer in zip(earlier["delta_norms"], layers))
+            scores.extend(_case_scores(c, stored) for c, stored in zip(batch, earlier["scores"]))
+            fluency.append(earlier["neutral_nll"])
+            continue
+        result = editor.compute_memit([c.request for c in batch], hparams)
+        results.append(result)
+        seconds.append(result.seconds)
+        batch_norms = [d.norm() for d in result.deltas]
+        norms.extend(batch_norms)
+        relative.extend(n / weight_norms[layer] for n, layer in zip(batch_norms, result.layers))
+        record = {"kind": "batch", "method": "memit", "layer": layer_label(layers), "layers": layers,
+                  "batch": number, "start": start, "size": len(batch),
+                  "subjects": [c.request.subject for c in batch], "seconds": result.seconds,
+                  "seconds_per_edit": result.seconds / len(batch), "delta_norms": batch_norms,
+                  "delta_norm": mean(batch_norms)}
+        if sequential:
+            editor.apply(results)
+            end = start + len(batch)
+            if any(start < c <= end for c in checkpoints):
+                so_far = [score(editor.model, editor.tokenizer, c) for c in cases[:end]]
+                reached.append({"kind": "checkpoint", "method": "memit", "layer": layer_label(layers),
+                                "edits": end, "summary": summary(so_far),
+                                "neutral_nll": neutral_nll(editor.model, editor.tokenizer)})
+        else:
+            editor.apply([result])
+            batch_scores = [score(editor.model, editor.tokenizer, c) for c in batch]
+            scores.extend(batch_scores)
+            fluency.append(neutral_nll(editor.model, editor.tokenizer))
+            record.update(scores=[asdict(s) if is_dataclass(s) else s for s in batch_scores],
+                          neutral_nll=fluency[-1])
+            editor.restore()
+        emit(record)
+        if sequential and reached and reached[-1]["edits"] == start + len(batch):
+            emit(reached[-1])
+    if sequential:
+        scores = [score(editor.model, editor.tokenizer, c) for c in cases]
+        fluency.append(neutral_nll(editor.model, editor.tokenizer))
+    editor.restore()
+    nan = float("nan")
+    return EvalRun(
+        method="memit", layer=layer_label(layers), sequential=sequential, summary=summary(scores),
+        seconds_per_edit=sum(seconds) / len(cases) if cases else nan,
+        mean_delta_norm=mean(norms) if norms else nan, mean_relative_norm=mean(relative) if relative else nan,
+        neutral_nll=mean(fluency) if fluency else nan, checkpoints=reached, cases=scores,
+        layers=layers, batch_size=size,
     )
 
 
@@ -344,37 +533,65 @@ def load_dataset(path: str | Path, n: int | None = None) -> list:
 
 def run_evaluation(editor, cases: Sequence, methods: Sequence[str], layers: Sequence[int], *,
                    sequential: bool = False, progress: bool = True, checkpoints: Sequence[int] = (),
-                   on_record: Callable[[dict], None] | None = None, done: Sequence[dict] = ()) -> dict:
-    """The unedited model, then every (method, layer), on the same cases: one JSON-able report."""
+                   on_record: Callable[[dict], None] | None = None, done: Sequence[dict] = (),
+                   batch_size: int | None = None, memit_hparams=None, gen_tokens: int = GENERATION_TOKENS) -> dict:
+    """The unedited model, then every (method, layer), on the same cases: one JSON-able report.
+
+    ``"memit"`` among ``methods`` is one run over its own layer range (``memit_hparams``,
+    default ``editor.memit_hparams()``), in batches of ``batch_size`` (None: all cases in
+    one batch); ``layers`` are the layers of the ROME methods. ``gen_tokens``: length of
+    the generation-entropy texts (0: none), for CounterFact records with generation prompts.
+    """
     import time
 
     started = time.perf_counter()
-    editor.stats.get_many(editor.model, editor.tokenizer, list(layers))
+    rome_methods = [m for m in methods if m != "memit"]
+    memit_hp = (memit_hparams or editor.memit_hparams()) if "memit" in methods else None
+    editor.stats.get_many(editor.model, editor.tokenizer,
+                          sorted(set(layers if rome_methods else []) | set(memit_hp.layers if memit_hp else [])))
     report = {"n": len(cases), "sequential": sequential, "dataset": "zsre" if cases and isinstance(cases[0], ZsreCase)
-              else "counterfact", "unedited": evaluate_unedited(editor, cases, progress),
+              else "counterfact", "unedited": evaluate_unedited(editor, cases, progress, gen_tokens),
               "unedited_neutral_nll": neutral_nll(editor.model, editor.tokenizer), "runs": []}
+    if memit_hp:
+        report["batch_size"] = batch_size or len(cases)
     for method in methods:
+        if method == "memit":
+            run = evaluate_memit(editor, cases, memit_hp, batch_size=batch_size, sequential=sequential,
+                                 progress=progress, checkpoints=checkpoints, on_record=on_record, done=done,
+                                 gen_tokens=gen_tokens)
+            report["runs"].append(run.to_dict())
+            continue
         for layer in layers:
             run = evaluate_edits(editor, cases, editor.hparams(method=method, layer=layer),
                                  sequential=sequential, progress=progress, checkpoints=checkpoints,
-                                 on_record=on_record, done=done)
+                                 on_record=on_record, done=done, gen_tokens=gen_tokens)
             report["runs"].append(run.to_dict())
     report["seconds"] = time.perf_counter() - started
     return report
 
 
 def render_report(report: dict) -> str:
-    """A table for people: one row for the unedited model, one per (method, layer)."""
-    mode = "sequential" if report["sequential"] else "one edit at a time from the unedited model"
+    """A table for people: one row for the unedited model, one per (method, layer).
+
+    A MEMIT row's layer is its range and its s/edit the batch's seconds over its size; GE
+    (100 × generation entropy in bits) appears when the records carried generation prompts.
+    """
+    batches = f"MEMIT: batches of {report['batch_size']}" if "batch_size" in report else ""
+    if report["sequential"]:
+        mode = "sequential" + (f" ({batches})" if batches else "")
+    else:
+        mode = "each edit" + (f" ({batches})" if batches else "") + " from the unedited model"
     zsre = report["dataset"] == "zsre"
     keys = ("efficacy", "paraphrase", "specificity") if zsre else ("ES", "PS", "NS", "EM", "PM", "NM", "S")
+    if "GE" in report["unedited"]:
+        keys += ("GE",)
     names = ("Eff", "Para", "Spec") if zsre else keys
     lines = [f"{report['dataset']}: {report['n']} records, {mode}, {report['seconds']:.0f} s",
              f"{'method':9} {'layer':>5} " + " ".join(f"{k:>6}" for k in names)
              + f" {'s/edit':>7} {'|dW|':>7} {'|dW|/|W|':>8} {'textNLL':>7}"]
 
     def row(name, layer, summary, sec, norm, rel, nll):
-        return (f"{name:9} {layer:>5} " + " ".join(f"{summary[k]:6.1f}" for k in keys)
+        return (f"{name:9} {layer:>5} " + " ".join(f"{summary.get(k, float('nan')):6.1f}" for k in keys)
                 + f" {sec:7.1f} {norm:7.2f} {rel:8.3f} {nll:7.3f}")
 
     nan = float("nan")

@@ -147,3 +147,183 @@ def test_one_at_a_time_run_resumes_from_its_records(tmp_path):
     assert [r.subject for r in computed] == [cases[2].request.subject]
     assert [r["index"] for r in again] == [2]
     assert resumed["runs"][0]["summary"] == full["runs"][0]["summary"]
+
+
+# -- MEMIT batches ---------------------------------------------------------------------------------
+
+def _memit_file(tmp_path):
+    """Three city facts of three different subjects, each moved to another city.
+
+    MEMIT keys a fact by its subject, so a batch needs distinct subjects: three facts of one
+    subject (as in ``_counterfact_file``) share a key and can only be moved together.
+    """
+    facts = [f for f in json.loads((TINY_GPT2 / "facts.json").read_text()) if f["relation"] == "city"]
+    new = ["Paris", "Rome", "Lima"]
+    neighbours = [f for f in facts[3:] if f["target"] not in new][:3]
+    records = [{"case_id": i, "prompt": f["prompt"], "subject": f["subject"], "target_new": new[i],
+                "ground_truth": f["target"], "rephrase_prompt": f["paraphrases"][0].format(f["subject"]),
+                "locality_prompt": neighbours[i]["prompt"].format(neighbours[i]["subject"]),
+                "locality_ground_truth": neighbours[i]["target"]} for i, f in enumerate(facts[:3])]
+    assert all(r["ground_truth"] != r["target_new"] for r in records)
+    path = tmp_path / "cf-memit.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+def test_memit_eval_command_one_batch_and_batches_of_two(tmp_path):
+    path = _memit_file(tmp_path)
+    reports = {}
+    for extra in ([], ["--batch-size", "2"]):
+        result = CliRunner().invoke(cli, ["eval", str(path), "--n", "3", "--method", "memit", "--tokens", "2000",
+                                          "--base", str(TINY_GPT2), "--json", *extra])
+        assert result.exit_code == 0, result.output
+        reports[tuple(extra)] = json.loads(result.stdout)
+    for size, report in zip((3, 2), reports.values()):
+        assert report["batch_size"] == size and report["unedited"]["ES"] == 0.0
+        (run,) = report["runs"]
+        assert run["method"] == "memit" and run["layer"] == "0-1" and run["layers"] == [0, 1]
+        assert run["batch_size"] == size and run["summary"]["n"] == 3
+        assert run["summary"]["ES"] >= 66.0 and run["seconds_per_edit"] > 0 and run["mean_delta_norm"] > 0
+        assert "GE" not in run["summary"]  # the simplified format has no generation prompts
+    text = CliRunner().invoke(cli, ["eval", str(path), "--n", "3", "--method", "memit", "--batch-size", "2",
+                                    "--tokens", "2000", "--base", str(TINY_GPT2)])
+    assert text.exit_code == 0, text.output
+    assert "batches of 2" in text.stdout and "memit       0-1" in text.stdout
+    refused = CliRunner().invoke(cli, ["eval", str(path), "--method", "rome", "--batch-size", "2"])
+    assert refused.exit_code == 2 and "--batch-size needs --method memit" in refused.output
+
+
+def test_memit_batches_are_independent_unless_sequential(tmp_path):
+    """Batches of 2 over 3 cases: [0, 1] and [2], each from the base weights, or stacked with --sequential."""
+    from romevc.editing.stats import StatsCache
+    from romevc.editor import Editor
+    from romevc.evaluate import run_evaluation
+    from romevc.model import load_base
+
+    cases = load_dataset(_memit_file(tmp_path), 3)
+    editor = Editor(load_base(str(TINY_GPT2)), StatsCache(n_tokens=2000, root=tmp_path / "stats"))
+    hp = editor.memit_hparams(mom2_update_weight=10.0)  # the tiny model's λ (see tests/test_memit.py)
+    computed = []
+
+    def spy(requests, hparams):
+        computed.append(result := Editor.compute_memit(editor, requests, hparams))
+        return result
+
+    editor.compute_memit = spy
+    records: list[dict] = []
+    report = run_evaluation(editor, cases, ["memit"], [1], batch_size=2, memit_hparams=hp,
+                            on_record=records.append, progress=False)
+    run = report["runs"][0]
+    assert [[r.subject for r in c.requests] for c in computed] == [[cases[0].request.subject, cases[1].request.subject],
+                                                                   [cases[2].request.subject]]
+    assert computed[0].weights_fingerprint == computed[1].weights_fingerprint  # both from the base
+    assert [(r["kind"], r["start"], r["size"], len(r["scores"])) for r in records] == [("batch", 0, 2, 2),
+                                                                                      ("batch", 2, 1, 1)]
+    assert run["summary"]["ES"] == 100.0 and run["summary"]["PS"] == 100.0
+    per_layer = [n for r in records for n in r["delta_norms"]]
+    assert len(per_layer) == 4 and math.isclose(run["mean_delta_norm"], sum(per_layer) / 4)
+    assert math.isclose(run["seconds_per_edit"], sum(r["seconds"] for r in records) / 3)
+    json.dumps(records)
+
+    computed.clear()
+    records.clear()
+    again = run_evaluation(editor, cases, ["memit"], [1], batch_size=2, memit_hparams=hp, sequential=True,
+                           checkpoints=[1], on_record=records.append, progress=False)
+    assert computed[0].weights_fingerprint != computed[1].weights_fingerprint  # the second sees the first
+    assert [r["kind"] for r in records] == ["batch", "checkpoint", "batch"]
+    assert records[1]["edits"] == 2 and records[1]["summary"]["n"] == 2
+    assert again["runs"][0]["summary"]["ES"] == 100.0 and editor.applied() == ()
+
+
+def test_memit_on_zsre_and_resumed_batches(tmp_path):
+    from romevc.editing.stats import StatsCache
+    from romevc.editor import Editor
+    from romevc.evaluate import run_evaluation
+    from romevc.model import load_base
+
+    cases = load_dataset(_memit_file(tmp_path), 3)
+    editor = Editor(load_base(str(TINY_GPT2)), StatsCache(n_tokens=2000, root=tmp_path / "stats"))
+    hp = editor.memit_hparams(mom2_update_weight=10.0)
+    first: list[dict] = []
+    full = run_evaluation(editor, cases, ["memit"], [1], batch_size=2, memit_hparams=hp, on_record=first.append,
+                          progress=False)
+    computed = []
+    editor.compute_memit = lambda requests, hparams: computed.append(requests) or Editor.compute_memit(
+        editor, requests, hparams)
+    resumed = run_evaluation(editor, cases, ["memit"], [1], batch_size=2, memit_hparams=hp, done=first[:1],
+                             progress=False)
+    assert [[r.subject for r in c] for c in computed] == [[cases[2].request.subject]]
+    assert resumed["runs"][0]["summary"] == full["runs"][0]["summary"]
+
+    zsre = tmp_path / "zsre-memit.json"
+    zsre.write_text(json.dumps([{"subject": c.request.subject, "src": c.request.text, "alt": c.request.target_new,
+                                 "answers": [c.request.target_true], "rephrase": c.paraphrases[0],
+                                 "loc": c.neighbours[0][0], "loc_ans": c.neighbours[0][1]} for c in cases]))
+    report = run_evaluation(editor, load_dataset(zsre), ["memit"], [1], memit_hparams=hp, progress=False)
+    assert report["dataset"] == "zsre" and report["runs"][0]["layer"] == "0-1"
+    assert report["runs"][0]["summary"]["efficacy"] > report["unedited"]["efficacy"]
+
+
+# -- generation entropy ------------------------------------------------------------------------------
+
+def test_ngram_entropy_of_hand_made_texts():
+    from romevc.evaluate import ngram_entropy
+
+    def expected(h2, h3):  # ROME's weighting: mean of (2/3·H₂, 4/3·H₃)
+        return (2 / 3 * h2 + 4 / 3 * h3) / 2
+
+    assert ngram_entropy("ha ha ha ha ha ha") == 0.0  # one bigram, one trigram
+    assert ngram_entropy("hello") == 0.0  # no n-grams at all
+    # six distinct words: 5 distinct bigrams, 4 distinct trigrams
+    assert math.isclose(ngram_entropy("one two three four five six"), expected(math.log2(5), math.log2(4)))
+    # a b a b: bigrams ab, ba, ab (H = H(2/3, 1/3)); trigrams aba, bab (1 bit)
+    h2 = -(2 / 3 * math.log2(2 / 3) + 1 / 3 * math.log2(1 / 3))
+    assert math.isclose(ngram_entropy("a b a b"), expected(h2, 1.0))
+    # punctuation marks are words of their own: Paris , France . → 3 bigrams, 2 trigrams
+    assert math.isclose(ngram_entropy("Paris, France."), expected(math.log2(3), 1.0))
+
+
+def test_generation_is_seeded_top_k_sampling_and_top_1_is_greedy():
+    from romevc.evaluate import generate_text
+    from romevc.model import load_base
+
+    loaded = load_base(str(TINY_GPT2))
+    model, tok = loaded.model, loaded.tokenizer
+    prompt = "Tomas Varek lives in the city of"
+    greedy = tok(prompt)["input_ids"]
+    with torch.no_grad():
+        while len(greedy) < 16:  # no cache: the full sequence every step
+            greedy.append(int(model(input_ids=torch.tensor([greedy])).logits[0, -1].argmax()))
+    assert generate_text(model, tok, prompt, 16, top_k=1) == tok.decode(greedy, skip_special_tokens=True)
+    sampled = generate_text(model, tok, prompt, 16, seed=3)
+    assert sampled == generate_text(model, tok, prompt, 16, seed=3) and sampled.startswith(prompt)
+    assert len(tok(sampled)["input_ids"]) <= 17
+    assert len(generate_text(model, tok, prompt, 1000)) > len(prompt)  # cut to the 32-token context, not refused
+
+
+def test_generation_entropy_on_original_format_records(tmp_path):
+    from romevc.editing.stats import StatsCache
+    from romevc.editor import Editor
+    from romevc.evaluate import generate_text, ngram_entropy, render_report, run_evaluation
+    from romevc.model import load_base
+
+    facts = [f for f in json.loads((TINY_GPT2 / "facts.json").read_text()) if f["relation"] == "city"][:2]
+    records = [{"case_id": i, "requested_rewrite": {"prompt": f["prompt"], "subject": f["subject"],
+                "target_new": {"str": "Paris"}, "target_true": {"str": f["target"]}},
+                "paraphrase_prompts": [f["paraphrases"][0].format(f["subject"])],
+                "neighborhood_prompts": [facts[1 - i]["prompt"].format(facts[1 - i]["subject"])],
+                "generation_prompts": [f"{f['subject']} is known for", f"The city where {f['subject']} lives is"]}
+               for i, f in enumerate(facts)]
+    path = tmp_path / "cf-original.json"
+    path.write_text(json.dumps(records))
+    cases = load_dataset(path)
+    assert cases[1].generation_prompts == tuple(records[1]["generation_prompts"])
+    editor = Editor(load_base(str(TINY_GPT2)), StatsCache(n_tokens=2000, root=tmp_path / "stats"))
+    report = run_evaluation(editor, cases, ["r-rome"], [1], gen_tokens=12, progress=False)
+    by_hand = [ngram_entropy(generate_text(editor.model, editor.tokenizer, p, 12, seed=i))
+               for c in cases for i, p in enumerate(c.generation_prompts)]
+    assert math.isclose(report["unedited"]["GE"], 100 * sum(by_hand) / len(by_hand))
+    assert 0 < report["unedited"]["GE"] and math.isfinite(report["runs"][0]["summary"]["GE"])
+    assert " GE " in render_report(report).splitlines()[1] + " "
+    off = run_evaluation(editor, cases, ["r-rome"], [1], gen_tokens=0, progress=False)
+    assert "GE" not in off["unedited"] and "GE" not in render_report(off)
