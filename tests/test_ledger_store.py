@@ -391,6 +391,14 @@ def test_ref_writes_check_names(ledger):
     assert check_ref_name("refs/heads/feature/eiffel-v2") == "refs/heads/feature/eiffel-v2"
 
 
+def test_an_empty_start_is_refused_not_taken_for_head(ledger):
+    """Only None means HEAD: an empty ref string (``--ref=``) is a user error, as in git."""
+    chain(ledger, 2)
+    for call in (lambda: ledger.log(""), lambda: ledger.blame(subject="x", start="")):
+        with pytest.raises(UnknownRefError, match="empty revision"):
+            call()
+
+
 def test_long_first_parent_walks_match_step_by_step(ledger):
     """HEAD~N past the step-by-step range is one recursive query; it must land where N steps do."""
     c = chain(ledger, 30)

@@ -350,7 +350,7 @@ class Ledger:
         def op(s: Session) -> list[CommitRecord]:
             if start is None and _refs.read_head(s, self.head_name).commit is None:
                 return []
-            tip = _refs.resolve(s, start or HEAD, self.head_name)
+            tip = _refs.resolve(s, HEAD if start is None else start, self.head_name)
             graph = CommitGraph.load(s)
             ids = graph.first_parent_chain(tip, limit) if first_parent else graph.date_order(tip, limit)
             records = _q.load_commits(s, ids)
@@ -380,7 +380,7 @@ class Ledger:
         def op(s: Session) -> list[BlameEntry]:
             if start is None and _refs.read_head(s, self.head_name).commit is None:
                 return []
-            tip = _refs.resolve(s, start or HEAD, self.head_name)
+            tip = _refs.resolve(s, HEAD if start is None else start, self.head_name)
             return _q.blame(s, CommitGraph.load(s).first_parent_chain(tip)[::-1], subject=subject, layer=layer)
         return self._read(op)
 
