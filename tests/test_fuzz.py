@@ -29,7 +29,6 @@ import collections
 import functools
 import json
 import shutil
-import sqlite3
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -59,6 +58,7 @@ from romevc.remotes.editset import (
 from romevc.remotes.errors import InvalidEditSetError
 from romevc.repo import Repo
 from tests.fault_report import report as report_counts
+from tests.ledger_dump import dump
 from tests.tiny_facts import AUTHOR, FIXTURE, A, B, C
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -117,16 +117,6 @@ def _report():
     width = max(map(len, PROPERTIES))
     report_counts("fuzzing", "fuzz cases per property:", *(f"  {name:<{width}}  {CASES[name]:>5}" for name in PROPERTIES),
            f"  {'total':<{width}}  {sum(CASES.values()):>5}")
-
-
-def dump(root: Path) -> dict[str, list]:
-    """Every row of every table of the repository's SQLite ledger, sorted: equal dumps, equal ledgers."""
-    con = sqlite3.connect(f"file:{root / '.romevc' / 'ledger.db'}?mode=ro", uri=True)
-    try:
-        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-        return {t: sorted(con.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr) for t in tables}
-    finally:
-        con.close()
 
 
 RUNNER = CliRunner()

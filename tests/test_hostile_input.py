@@ -29,7 +29,6 @@ import json
 import os
 import pickle
 import shutil
-import sqlite3
 import subprocess
 import tracemalloc
 from dataclasses import dataclass
@@ -60,6 +59,7 @@ from romevc.remotes.errors import (
 )
 from romevc.repo import Repo
 from tests.fault_report import report as report_counts
+from tests.ledger_dump import dump as ledger_rows
 from tests.tiny_facts import AUTHOR, FIXTURE, A, B, C
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -129,15 +129,6 @@ def _report():
     yield
     report_counts("hostile input", f"hostile inputs refused: {sum(REFUSED.values())}",
            *(f"  {n:>3}  {what}" for what, n in sorted(REFUSED.items())))
-
-
-def ledger_rows(root: Path) -> dict[str, list]:
-    con = sqlite3.connect(f"file:{root / '.romevc' / 'ledger.db'}?mode=ro", uri=True)
-    try:
-        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-        return {t: sorted(con.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr) for t in tables}
-    finally:
-        con.close()
 
 
 def weights_digest(model: torch.nn.Module) -> str:
