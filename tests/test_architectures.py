@@ -11,7 +11,7 @@ from romevc.editing import delta as deltas
 from romevc.editing import forward
 from romevc.editing.hparams import RomeHyperParams
 from romevc.editing.request import EditRequest
-from romevc.editing.rome import build_prompts, compute_edit
+from romevc.editing.rome import build_prompts, compute_edit, optimise_value
 from romevc.errors import LayerOutOfRangeError, UnsupportedArchitectureError
 from tests.conftest import tiny_tokenizer
 
@@ -102,6 +102,46 @@ def test_fast_path_matches_full_forward(family_model):
         fast = forward.run_from_layer(model, arch, 1, capture.layer_input, batch.attention_mask)
     real = batch.attention_mask.bool()
     torch.testing.assert_close(fast[real], full[real], rtol=1e-4, atol=1e-5)
+
+
+def test_suffix_stack_matches_whole_rows(family_model):
+    """From the subject on, the cached-prefix stack gives the whole-row stack's hidden states."""
+    _, model, tokenizer = family_model
+    if not forward.suffix_supported(model):
+        pytest.skip("sliding-window attention runs whole rows")
+    arch = architecture_for(model)
+    prompts = build_prompts(tokenizer, REQUEST, ("{}", "The cold . {}", "A b c d e f. {}"), "{} is a")
+    batch = prompts.batch
+    lengths = batch.attention_mask.sum(1)
+    for layer in range(N_LAYERS):
+        with torch.no_grad():
+            capture = forward.capture_at_layer(model, arch, layer, batch)
+            whole = forward.run_from_layer(model, arch, layer, capture.layer_input, batch.attention_mask)
+            stack = forward.SuffixStack(model, arch, layer, capture.layer_input, batch)
+            suffix = stack.run()
+        assert stack.split == int(batch.subject_positions.max()) > 0
+        assert suffix.shape[1] < whole.shape[1]  # the point: fewer columns per step
+        for row, (subject, length) in enumerate(zip(batch.subject_positions.tolist(), lengths.tolist())):
+            torch.testing.assert_close(suffix[row, : length - subject], whole[row, subject:length],
+                                       rtol=1e-5, atol=1e-6)
+
+
+def test_suffix_stack_gives_the_whole_row_value(family_model, monkeypatch):
+    """The optimised δ is the same whether each step runs whole rows or only the suffix."""
+    _, model, tokenizer = family_model
+    if not forward.suffix_supported(model):
+        pytest.skip("sliding-window attention runs whole rows")
+    arch = architecture_for(model)
+    prompts = build_prompts(tokenizer, REQUEST, ("{}", "The cold . {}"), "{} is a")
+    capture = forward.capture_at_layer(model, arch, 1, prompts.batch)
+    hp = RomeHyperParams(layer=1, v_steps=5)
+    base_value = capture.values[: prompts.n_rewrite].mean(0)
+    with_suffix, losses = optimise_value(model, arch, 1, prompts, capture, base_value, hp)
+    monkeypatch.setattr(forward, "suffix_supported", lambda _model: False)
+    whole_rows, whole_losses = optimise_value(model, arch, 1, prompts, capture, base_value, hp)
+    assert len(losses) == len(whole_losses)
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(whole_losses), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(with_suffix, whole_rows, rtol=1e-3, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

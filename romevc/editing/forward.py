@@ -9,6 +9,7 @@ loss reads, not over the 49k-token vocabulary at every position.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -143,3 +144,91 @@ def logits_at(model: torch.nn.Module, arch: Architecture, hidden: torch.Tensor,
     logits = model.get_submodule(arch.head)(hidden[rows, positions]).float()
     cap = getattr(model.config, "final_logit_softcapping", None)  # Gemma squashes logits with tanh
     return torch.tanh(logits / cap) * cap if cap else logits
+
+
+# -- from the subject on: positions before the edit point come from a key/value cache ------
+
+@contextlib.contextmanager
+def renumbered_from(model: torch.nn.Module, arch: Architecture, layer: int) -> Iterator[None]:
+    """Inside :func:`stack_from`, number the remaining blocks' ``layer_idx`` from 0 so a fresh cache fits them."""
+    blocks = list(model.get_submodule(arch.layers))[layer:]
+    saved = [(module, module.layer_idx) for block in blocks for module in block.modules() if hasattr(module, "layer_idx")]
+    for module, index in saved:
+        module.layer_idx = index - layer
+    try:
+        yield
+    finally:
+        for module, index in saved:
+            module.layer_idx = index
+
+
+def suffix_supported(model: torch.nn.Module) -> bool:
+    """Sliding-window layers keep caches and masks of their own shape: those models run whole rows."""
+    return getattr(model.config, "sliding_window", None) is None
+
+
+class SuffixStack:
+    """Layers ``l..L-1`` run only from each row's subject position on.
+
+    δ enters at the subject's last token, so under causal attention every earlier position
+    is the same at every optimisation step. Rows are re-aligned so the subject sits in one
+    column ``split`` for all of them (left padding, original position ids kept); columns
+    before it run once into a key/value cache, and each step runs only the columns from
+    ``split`` on — typically a third of the padded width.
+    """
+
+    def __init__(self, model: torch.nn.Module, arch: Architecture, layer: int,
+                 layer_input: torch.Tensor, batch: PromptBatch):
+        from transformers import DynamicCache
+
+        self.model, self.arch, self.layer = model, arch, layer
+        device = layer_input.device
+        lengths = batch.attention_mask.sum(1).tolist()
+        subjects = batch.subject_positions.tolist()
+        self.split = max(subjects)
+        width = self.split + max(n - s for n, s in zip(lengths, subjects))
+        rows, d_model = layer_input.shape[0], layer_input.shape[2]
+        hidden = layer_input.new_zeros(rows, width, d_model)
+        mask = torch.zeros(rows, width, dtype=torch.long)
+        position_ids = torch.zeros(rows, width, dtype=torch.long)
+        for i, (n, s) in enumerate(zip(lengths, subjects)):
+            start = self.split - s
+            hidden[i, start : start + n] = layer_input[i, :n]
+            mask[i, start : start + n] = 1
+            position_ids[i, start:] = torch.arange(width - start)
+        self.subject_positions = batch.subject_positions.to(device)
+        self.mask, self.position_ids = mask.to(device), position_ids.to(device)
+        self.suffix = hidden[:, self.split :]
+        self.prefix_cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        if self.split:
+            with torch.no_grad():
+                cache = DynamicCache()
+                self._run(hidden[:, : self.split], mask[:, : self.split].to(device),
+                          self.position_ids[:, : self.split], cache)
+            self.prefix_cache = [(part.keys, part.values) for part in cache.layers]
+            self._cache_class = DynamicCache
+
+    def _run(self, hidden: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, cache) -> torch.Tensor:
+        if self.arch.position_embed is not None:  # GPT-2 adds learned positions to inputs_embeds: cancel that
+            hidden = hidden - self.model.get_submodule(self.arch.position_embed)(position_ids)
+        backbone = self.model.get_submodule(self.arch.layers.rpartition(".")[0])
+        # transformers 5.x renamed ``past_key_values`` to ``cache``; 4.56+ knows only the former.
+        cache_argument = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+        with renumbered_from(self.model, self.arch, self.layer), stack_from(self.model, self.arch, self.layer):
+            out = backbone(inputs_embeds=hidden, attention_mask=mask, position_ids=position_ids,
+                           use_cache=cache is not None, **{cache_argument: cache})
+        return out.last_hidden_state
+
+    @property
+    def inject_positions(self) -> torch.Tensor:
+        """Where δ goes in the suffix: its first column, in every row."""
+        return torch.zeros_like(self.subject_positions)
+
+    def run(self) -> torch.Tensor:
+        """Final hidden states (rows, suffix width, d_model); column j is position split + j of the aligned rows."""
+        cache = self._cache_class(ddp_cache_data=self.prefix_cache) if self.prefix_cache else None
+        return self._run(self.suffix, self.mask, self.position_ids[:, self.split :], cache)
+
+    def columns(self, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Suffix columns of original (right-padded) positions."""
+        return positions - self.subject_positions[rows]

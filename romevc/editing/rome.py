@@ -105,13 +105,17 @@ def frozen_parameters(model: torch.nn.Module) -> Iterator[None]:
 
 
 def _logits_reader(model, arch: Architecture, layer: int, prompts: EditPrompts,
-                   capture: forward.Capture, fast: bool):
+                   capture: forward.Capture, suffix: forward.SuffixStack | None, fast: bool):
     """One forward pass; returns ``read(rows, positions) -> logits (n, vocab)``.
 
-    The fast path starts at the edited layer from cached inputs and projects to the
-    vocabulary only where read. The plain path is the reference's: the whole model, all
-    logits at every position.
+    The fast path runs only the layers from the edited one up — from the subject on where
+    the model allows (:class:`forward.SuffixStack`), else whole rows from cached inputs —
+    and projects to the vocabulary only where read. The plain path is the reference's:
+    the whole model, all logits at every position.
     """
+    if suffix is not None:
+        hidden = suffix.run()
+        return lambda rows, positions: forward.logits_at(model, arch, hidden, rows, suffix.columns(rows, positions))
     if fast:
         hidden = forward.run_from_layer(model, arch, layer, capture.layer_input, prompts.batch.attention_mask)
         return lambda rows, positions: forward.logits_at(model, arch, hidden, rows, positions)
@@ -147,10 +151,14 @@ def optimise_value(model, arch: Architecture, layer: int, prompts: EditPrompts,
     kl_init: torch.Tensor | None = None
     losses: list[float] = []
     context = frozen_parameters(model) if hp.fast_path else contextlib.nullcontext()
-    with context, forward.add_at_positions(module, delta, batch.subject_positions.to(device)):
+    suffix = None
+    if hp.fast_path and forward.suffix_supported(model):
+        suffix = forward.SuffixStack(model, arch, layer, capture.layer_input, batch)
+    inject_at = suffix.inject_positions if suffix is not None else batch.subject_positions.to(device)
+    with context, forward.add_at_positions(module, delta, inject_at):
         for _step in range(hp.v_steps):
             optimiser.zero_grad()
-            read = _logits_reader(model, arch, layer, prompts, capture, hp.fast_path)
+            read = _logits_reader(model, arch, layer, prompts, capture, suffix, hp.fast_path)
             log_probs = torch.log_softmax(read(label_rows, label_pos), -1)  # (n_label_tokens, vocab)
             token_nll = -log_probs.gather(1, label_ids[:, None]).squeeze(1)  # (n_label_tokens,)
             nll = (torch.zeros(n, device=device).index_add(0, label_rows, token_nll) / tokens_per_row).mean()
