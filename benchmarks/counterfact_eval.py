@@ -4,6 +4,8 @@
     python benchmarks/counterfact_eval.py --n 200 --sequential          # 200 edits in sequence
     python benchmarks/counterfact_eval.py --n 20 --layer 2 --layer 4    # a layer sweep
     python benchmarks/counterfact_eval.py --n 200 --records r.jsonl --resume   # go on after a stop
+    python benchmarks/counterfact_eval.py --n 200 --method memit        # one MEMIT batch of 200
+    python benchmarks/counterfact_eval.py --data ../shared/data/zsre/zsre-train-1k.json --n 200   # zsRE
 
 Prints one row per (method, layer): ES/PS/NS (%), magnitudes EM/PM/NM, the harmonic mean S,
 seconds per edit, ‖ΔW‖, ‖ΔW‖/‖W‖ and the NLL of a neutral paragraph (mean over single edits,
@@ -30,7 +32,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="records from the start of the file")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--base", default=None)
-    parser.add_argument("--method", dest="methods", action="append", choices=["r-rome", "rome"])
+    parser.add_argument("--method", dest="methods", action="append", choices=["r-rome", "rome", "memit"])
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="memit: edits per batch (default: all records in one batch)")
     parser.add_argument("--layer", dest="layers", action="append", type=int)
     parser.add_argument("--sequential", action="store_true")
     parser.add_argument("--tokens", type=int, default=None, help="statistics tokens (default 100,000)")
@@ -62,7 +66,7 @@ def main() -> None:
 
     report = run_evaluation(editor, cases, args.methods or ["r-rome", "rome"], args.layers or [editor.hparams().layer],
                             sequential=args.sequential, checkpoints=checkpoints, on_record=write_record,
-                            done=done)
+                            done=done, batch_size=args.batch_size)
     print(render_report(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

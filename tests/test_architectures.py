@@ -194,6 +194,23 @@ def test_edit_maps_key_to_value_with_rank_one_change(family_edit):
     assert rel < 1e-4
 
 
+def test_prompt_key_edit_also_maps_the_bare_prompt_key(family_edit):
+    """With ``prompt_key`` (the default) the bare prompt's own key k₀ reaches W k₀ + b + δ too."""
+    model, tokenizer, hp, _, result, _ = family_edit
+    assert hp.prompt_key and result.hparams["prompt_key"] is True
+    prompts = build_prompts(tokenizer, REQUEST, result.templates, hp.kl_prompt)
+    bare_key = forward.capture_at_layer(model, architecture_for(model), 1, prompts.batch).keys[0]
+    module = model.get_submodule(result.module)
+    with torch.no_grad():
+        wanted = module(bare_key[None])[0].float() + result.delta.v
+        deltas.apply(model, [result.delta])
+        try:
+            reached = module(bare_key[None])[0].float()
+        finally:
+            deltas.restore(model)
+    assert (reached - wanted).norm() / wanted.norm() < 1e-4
+
+
 def test_same_seed_gives_identical_delta(family_edit):
     model, tokenizer, hp, stats, result, _ = family_edit
     again = compute_edit(model, tokenizer, REQUEST, hp, stats=stats)

@@ -76,6 +76,15 @@ def test_edit_commits_and_prints_like_git(run, repo_dir):
     assert data["edits"][0]["layer"] == 2 and data["branch"] == "main"
 
 
+def test_edit_prompt_key_switch_is_recorded(run, repo_dir):
+    run(*edit_args(A), "--no-prompt-key")
+    run(*edit_args(B))
+    with Repo.open(repo_dir) as repo:
+        assert [r.hparams["prompt_key"] for r in repo.records("HEAD")] == [False, True]
+    result = run(*edit_args(C), "--method", "rome", "--prompt-key", code=2)
+    assert "an r-rome setting" in result.stderr
+
+
 def test_edit_outside_a_repository_shows_but_does_not_save(run, tmp_path):
     result = run(*edit_args(A), "--base", str(FIXTURE))
     assert result.stdout.startswith("edit: Tomas Varek lives in the city of → Rome  (r-rome, transformer.h.1.mlp.c_proj")

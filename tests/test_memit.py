@@ -55,14 +55,14 @@ def test_one_fact_on_one_layer_is_rome_shrunk_by_s_over_lambda_plus_s(tiny, tiny
     output there. The MLP output is the last thing added to the residual stream, so both feed
     the layers above the same h + δ, and with no weight decay and no active clamp (the only
     terms that see ‖v‖ vs ‖h‖) both optimise the same loss of δ: v_memit = z − h = v_rome.
-    (2) Sherman–Morrison: (λC + k̄k̄ᵀ)⁻¹k̄ = C⁻¹k̄ / (λ + s), while r-rome's u = C⁻¹k̄ / s.
+    (2) Sherman–Morrison: (λC + k̄k̄ᵀ)⁻¹k̄ = C⁻¹k̄ / (λ + s), while r-rome's u (one averaged key, prompt_key off) = C⁻¹k̄ / s.
     So u_memit · (λ + s) = u_rome · s, and as λ → 0 the two edits coincide.
     """
     model, tokenizer = tiny.model, tiny.tokenizer
     request = BATCH[0]
     templates = ("{}", "The cold . {}", "I went home . {}")
     free = dict(v_weight_decay=0.0, clamp_norm_factor=1e3)  # ‖h‖ and ‖v‖ must not enter the loss
-    rome = compute_edit(model, tokenizer, request, RomeHyperParams(layer=1, **free), stats=tiny_stats,
+    rome = compute_edit(model, tokenizer, request, RomeHyperParams(layer=1, prompt_key=False, **free), stats=tiny_stats,
                         templates=templates)
     weight = 0.01
     memit = compute_memit(model, tokenizer, [request], MemitHyperParams(layers=(1,), mom2_update_weight=weight, **free),

@@ -12,7 +12,7 @@ from romevc.editing.hparams import RomeHyperParams
 from romevc.editing.request import EditRequest
 from romevc.editing.rome import compute_edit
 from romevc.editing.templates import generate_templates
-from romevc.errors import EditComputationError
+from romevc.errors import EditComputationError, HyperParamsError
 from romevc.evaluate import neutral_nll
 from romevc.predict import top_k
 from tests.conftest import TINY_GPT2
@@ -60,6 +60,27 @@ def test_result_records_everything_needed_to_recompute(tiny_gpt2, tiny_stats):
     again = compute_edit(tiny_gpt2.model, tiny_gpt2.tokenizer, request, RomeHyperParams.from_dict(result.hparams),
                          stats=tiny_stats, templates=result.templates)
     assert again.delta.digest() == result.delta.digest()
+
+
+def test_edits_stored_before_prompt_key_recompute_without_it(tiny_gpt2, tiny_stats):
+    """Stored hyperparameters without ``prompt_key`` mean the single averaged key they were made with."""
+    legacy = {k: v for k, v in RomeHyperParams(layer=1).to_dict().items() if k != "prompt_key"}
+    assert RomeHyperParams.from_dict(legacy).prompt_key is False
+    assert RomeHyperParams.from_dict(RomeHyperParams(layer=1).to_dict()).prompt_key is True
+    assert RomeHyperParams(method="rome").prompt_key is False  # rome normalises by the bare key alone
+    with pytest.raises(HyperParamsError, match="prompt_key"):
+        RomeHyperParams(prompt_key="yes")
+
+
+def test_prompt_key_changes_only_subject_first_updates(tiny_gpt2, tiny_stats):
+    """Bare prompt only: k₀ = k̄, nothing new to meet, the plain r-rome update (no singular solve)."""
+    request = EditRequest("{} lives in the city of", "Tomas Varek", "Rome")
+    made = {flag: compute_edit(tiny_gpt2.model, tiny_gpt2.tokenizer, request,
+                               RomeHyperParams(layer=1, v_steps=2, prompt_key=flag), stats=tiny_stats,
+                               templates=("{}",))
+            for flag in (True, False)}
+    assert torch.isfinite(made[True].delta.u).all()
+    torch.testing.assert_close(made[True].delta.u, made[False].delta.u)
 
 
 def test_fingerprint_tracks_applied_edits(tiny_gpt2, tiny_stats):

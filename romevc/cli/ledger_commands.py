@@ -168,6 +168,8 @@ def _render_committed(items: list[dict], sign: str = "+") -> str:
 @click.option("--mom2-update-weight", type=float, default=None,
               help="memit: λ, how hard the update protects ordinary text's keys (default: the family's).")
 @click.option("--seed", type=int, default=None, help="Seed of the context templates (default 0).")
+@click.option("--prompt-key/--no-prompt-key", default=None,
+              help="r-rome: also map the bare prompt's own key (default on; off = Gupta et al.'s single key).")
 @click.option("-m", "--message", default=None, help="Commit message (default: the fact).")
 @click.option("--batch", "batch_file", default=None, type=click.Path(dir_okay=False),
               help="A JSONL file of requests: one commit per line, all or nothing (memit: one commit).")
@@ -175,8 +177,8 @@ def _render_committed(items: list[dict], sign: str = "+") -> str:
 @repo_option
 @json_option
 @guarded
-def edit(prompt, subject, target_new, target_true, method, layer, layers_text, mom2_update_weight, seed, message,
-         batch_file, base, dtype, device_map, repo_path, as_json):
+def edit(prompt, subject, target_new, target_true, method, layer, layers_text, mom2_update_weight, seed, prompt_key,
+         message, batch_file, base, dtype, device_map, repo_path, as_json):
     """Rewrite one fact and commit it on the current branch.
 
     Outside a repository the edit is computed on --base and shown before/after, not saved.
@@ -190,13 +192,15 @@ def edit(prompt, subject, target_new, target_true, method, layer, layers_text, m
     from romevc.repo import Repo
 
     memit = method == "memit"
-    overrides = {"method": method, "layer": layer, "seed": seed}
+    overrides = {"method": method, "layer": layer, "seed": seed, "prompt_key": prompt_key}
     if batch_file is None and not (prompt and subject and target_new):
         raise click.UsageError("give --prompt, --subject and --target (or --batch FILE)")
     if batch_file is not None and (prompt or subject or target_new or (message and not memit)):
         raise click.UsageError("--batch takes its requests and messages from the file; drop --prompt/--subject/--target/-m")
     if memit and layer is not None:
         raise click.UsageError("--method memit spreads the batch over --layers (e.g. 3-5); drop --layer")
+    if prompt_key is not None and method in ("rome", "memit"):
+        raise click.UsageError("--prompt-key/--no-prompt-key is an r-rome setting")
     if not memit and (layers_text is not None or mom2_update_weight is not None):
         raise click.UsageError("--layers and --mom2-update-weight are memit settings; add --method memit")
     try:

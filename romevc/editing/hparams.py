@@ -57,6 +57,10 @@ class RomeHyperParams:
     kl_prompt: str = field(default="{} is a", metadata={"help": "prompt whose prediction the KL term keeps"})
     templates: tuple[tuple[int, int], ...] = field(default=((5, 10), (10, 10)), metadata={
         "help": "context prefixes as (tokens, count) pairs; the paper uses 10 of 5 and 10 of 10"})
+    prompt_key: bool = field(default=True, metadata={
+        "help": "r-rome: the update also sends the bare prompt's own key to v* (u meets uᵀk̄ = 1 and "
+                "uᵀk₀ = 1 at the least C-norm), so a prompt that starts with the subject is edited too; "
+                "rome always normalises by the bare key, and ignores this"})
     fast_path: bool = field(default=True, metadata={
         "help": "run the layers below the edited one once per edit and skip parameter gradients"})
 
@@ -76,8 +80,11 @@ class RomeHyperParams:
                 raise HyperParamsError(f"`{name}` must be a finite {low} number, got {value!r}")
         if not isinstance(self.kl_prompt, str) or self.kl_prompt.count("{}") != 1:
             raise HyperParamsError(f"`kl_prompt` must be a string holding exactly one '{{}}', got {self.kl_prompt!r}")
-        if not isinstance(self.fast_path, bool):
-            raise HyperParamsError(f"`fast_path` must be true or false, got {self.fast_path!r}")
+        for name in ("fast_path", "prompt_key"):
+            if not isinstance(getattr(self, name), bool):
+                raise HyperParamsError(f"`{name}` must be true or false, got {getattr(self, name)!r}")
+        if self.method == "rome":
+            object.__setattr__(self, "prompt_key", False)  # rome's u is normalised by the bare key alone
         object.__setattr__(self, "templates", _templates(self.templates))
 
     def to_dict(self) -> dict:
@@ -88,6 +95,8 @@ class RomeHyperParams:
     @classmethod
     def from_dict(cls, data: dict) -> "RomeHyperParams":
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        # Edits stored before ``prompt_key`` existed were computed without it: recompute them so.
+        known.setdefault("prompt_key", False)
         return cls(**known)
 
 

@@ -11,7 +11,8 @@ The update direction uses the key averaged over context templates. ``rome`` (the
 code) normalises by the *bare prompt's* key; when that key is far from the average (a
 subject at position 0) the update explodes and the model collapses under sequential
 edits. ``r-rome`` (Gupta et al. 2024) uses the averaged key everywhere, which is the
-default here.
+default here; by default (``prompt_key``) its u also meets uᵀk₀ = 1 for the bare
+prompt's key k₀, still rank one, so prompts that open with the subject are edited too.
 
 Every function is pure: the model is unchanged on return, randomness comes from the seed
 in the hyperparameters, and statistics come in through an explicit cache object.
@@ -188,20 +189,34 @@ def optimise_value(model, arch: Architecture, layer: int, prompts: EditPrompts,
 
 # -- the update ----------------------------------------------------------------------------
 
-def rank_one_update(capture: forward.Capture, delta: torch.Tensor, moment: SecondMoment,
-                    n_rewrite: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(u, v) with ΔW = v uᵀ mapping the chosen key k to v* = W k + b + δ.
+PARALLEL_KEYS = 1e-6  # 1 − cos² (in the C⁻¹ metric) below which k₀ adds no constraint of its own
 
-    The direction is always C⁻¹k̄ (k̄: the key averaged over the template prompts). The
-    key it is normalised against is k̄ for r-rome and the bare prompt's key for rome.
+
+def rank_one_update(capture: forward.Capture, delta: torch.Tensor, moment: SecondMoment,
+                    n_rewrite: int, method: str, prompt_key: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u, v) with ΔW = v uᵀ mapping the chosen keys k to v* = W k + b + δ.
+
+    k̄ is the key averaged over the template prompts, k₀ the bare prompt's. ``rome`` takes
+    the direction C⁻¹k̄ normalised so that uᵀk₀ = 1; ``r-rome`` normalises by k̄ itself. With
+    ``prompt_key`` r-rome takes the least-C-norm u meeting both uᵀk̄ = 1 and uᵀk₀ = 1: when
+    the subject opens the prompt, k₀ sits far from k̄ and would otherwise keep most of its
+    old value (CounterFact efficacy misses); when the two keys are parallel it is plain r-rome.
     """
     keys = capture.keys[:n_rewrite].double()  # (n_rewrite, d_in); row 0 is the bare prompt
     mean_key = keys.mean(0)
     direction = moment.solve(mean_key)  # C⁻¹ k̄, (d_in,)
-    key = mean_key if method == "r-rome" else keys[0]
-    u = direction / direction.dot(key)  # uᵀ key = 1
-    # δ was added to exactly the module output W k + b at the subject (averaged over the
-    # templates for r-rome, where that average is W k̄ + b), so v* − (W k + b) = δ.
+    if method == "rome":
+        u = direction / direction.dot(keys[0])
+    else:
+        u = direction / direction.dot(mean_key)
+        if prompt_key:
+            both = torch.stack([mean_key, keys[0]])  # (2, d_in)
+            solved = torch.stack([direction, moment.solve(keys[0])])  # C⁻¹ kᵢ
+            gram = solved @ both.T  # kᵢᵀ C⁻¹ kⱼ, symmetric positive semi-definite
+            if 1 - gram[0, 1] ** 2 / (gram[0, 0] * gram[1, 1]) > PARALLEL_KEYS:
+                u = torch.linalg.solve(gram, torch.ones(2, dtype=gram.dtype)) @ solved
+    # δ was added to exactly the module output W k + b at each prompt's subject, so for
+    # every key the update is asked to serve, v* − (W k + b) = δ.
     return u.float(), delta.float()
 
 
@@ -235,7 +250,7 @@ def compute_edit(
         n = prompts.n_rewrite
         base_value = capture.values[:n].mean(0) if hp.method == "r-rome" else capture.values[0]
         delta, losses = optimise_value(model, arch, layer, prompts, capture, base_value, hp)
-        u, v = rank_one_update(capture, delta, moment, n, hp.method)
+        u, v = rank_one_update(capture, delta, moment, n, hp.method, hp.prompt_key)
     finally:
         model.train(was_training)
     if not (torch.isfinite(u).all() and torch.isfinite(v).all()):
