@@ -258,7 +258,6 @@ class Repo:
             self.workspace.checkout([])
         else:
             commit = self.ledger.resolve(ref)
-            self.workspace.start_loading()  # the base loads while the edit set is read
             # Materialising needs only the blobs: skip decoding the records unless they are at hand.
             self.workspace.checkout(self._sets[commit] if commit in self._sets else self.ledger.deltas_of(commit))
         return self.workspace.loaded

@@ -17,8 +17,6 @@ piece is compared with the fingerprint before the batch's first piece, not befor
 """
 from __future__ import annotations
 
-import concurrent.futures
-
 import hashlib
 import logging
 from typing import Callable, Sequence
@@ -163,7 +161,6 @@ class Workspace:
         self._make_stats = make_stats
         self._device_map = device_map
         self._loaded = None
-        self._loading: concurrent.futures.Future | None = None
         self._editor = None
         self._deltas: dict[str, Delta] = {}
         if loaded is not None:
@@ -178,26 +175,15 @@ class Workspace:
                 "(or start a new repository with `romevc init`)"
             )
 
-    def _load(self):
-        from romevc.model import BaseSpec, load_base
-
-        log.info("loading base %s", self.info.base_id)
-        return load_base(BaseSpec(self.info.base_id, self.info.revision), dtype=self.info.dtype,
-                         device_map=self._device_map)
-
-    def start_loading(self) -> None:
-        """Begin loading the base in a background thread, so reading an edit set overlaps it."""
-        if self._loaded is None and self._loading is None:
-            pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="romevc-base")
-            self._loading = pool.submit(self._load)
-            pool.shutdown(wait=False)
-
     @property
     def loaded(self):
         """The base as a :class:`romevc.model.LoadedModel`, loaded and fingerprint-checked on first use."""
         if self._loaded is None:
-            loading, self._loading = self._loading, None
-            loaded = loading.result() if loading is not None else self._load()
+            from romevc.model import BaseSpec, load_base
+
+            log.info("loading base %s", self.info.base_id)
+            loaded = load_base(BaseSpec(self.info.base_id, self.info.revision), dtype=self.info.dtype,
+                               device_map=self._device_map)
             self._check(loaded)
             self._loaded = loaded
         return self._loaded
