@@ -4,6 +4,7 @@
     python benchmarks/counterfact_eval.py --n 200 --sequential          # 200 edits in sequence
     python benchmarks/counterfact_eval.py --n 20 --layer 2 --layer 4    # a layer sweep
     python benchmarks/counterfact_eval.py --n 200 --records r.jsonl --resume   # go on after a stop
+    python benchmarks/counterfact_eval.py --n 1000 --sequential --checkpoint-every 100 --records s.jsonl --resume
     python benchmarks/counterfact_eval.py --n 200 --method memit        # one MEMIT batch of 200
     python benchmarks/counterfact_eval.py --data ../shared/data/zsre/zsre-train-1k.json --n 200   # zsRE
 
@@ -42,7 +43,7 @@ def main() -> None:
     parser.add_argument("--records", type=Path, default=None,
                         help="append one JSON line per edit (and per checkpoint) here as the run goes")
     parser.add_argument("--resume", action="store_true",
-                        help="one edit at a time: reuse the edits already in --records (a run cut short goes on)")
+                        help="reuse the edits already in --records (a run cut short goes on; --sequential replays their stored deltas)")
     parser.add_argument("--checkpoint-every", type=int, default=0,
                         help="with --sequential: also score the cases edited so far every this many edits")
     args = parser.parse_args()

@@ -22,6 +22,8 @@ from pathlib import Path
 from statistics import mean
 from typing import Callable, Iterable, Sequence
 
+import torch
+
 from romevc.editing.request import EditRequest
 from romevc.errors import EditRequestError, RomevcError
 from romevc.predict import target_nll
@@ -286,6 +288,45 @@ def evaluate_unedited(editor, cases: Sequence, progress: bool = True, gen_tokens
                     for c in tqdm(cases, desc="unedited", disable=not progress, leave=False)])
 
 
+def delta_record(delta) -> dict:
+    """A delta as JSON (float32 little-endian, base64): what a resumed sequential run replays."""
+    import base64
+
+    def encode(t):
+        return base64.b64encode(t.detach().to(torch.float32).contiguous().numpy().astype("<f4").tobytes()).decode()
+
+    return {"module": delta.module, "layout": delta.layout, "shape_u": list(delta.u.shape),
+            "shape_v": list(delta.v.shape), "u": encode(delta.u), "v": encode(delta.v)}
+
+
+def delta_from_record(data: dict):
+    """The exact delta :func:`delta_record` wrote (JSON only: nothing is unpickled)."""
+    import base64
+
+    import numpy as np
+
+    from romevc.editing.delta import Delta
+
+    def decode(text, shape):
+        values = np.frombuffer(base64.b64decode(text, validate=True), dtype="<f4")
+        if values.size != math.prod(shape):
+            raise RomevcError(f"a stored delta of {data.get('module')!r} has {values.size} values, not {shape}")
+        return torch.from_numpy(values.astype(np.float32).reshape(shape))
+
+    return Delta(data["module"], data["layout"], decode(data["u"], data["shape_u"]), decode(data["v"], data["shape_v"]))
+
+
+def _sequential_prefix(done: Sequence[dict], hparams) -> tuple[list[dict], dict[int, dict]]:
+    """The stored edits 0..k-1 of a sequential run of this method and layer, and its checkpoints."""
+    mine = [r for r in done if r.get("method") == hparams.method and r.get("layer") == hparams.layer]
+    edits = {r["index"]: r for r in mine if r.get("kind") == "edit" and "delta" in r}
+    prefix = []
+    while len(prefix) in edits:
+        prefix.append(edits[len(prefix)])
+    reached = {r["edits"]: r for r in mine if r.get("kind") == "checkpoint" and r["edits"] <= len(prefix)}
+    return prefix, reached
+
+
 def evaluate_edits(editor, cases: Sequence, hparams, *, sequential: bool = False,
                    progress: bool = True, checkpoints: Sequence[int] = (),
                    on_record: Callable[[dict], None] | None = None, done: Sequence[dict] = (),
@@ -296,8 +337,10 @@ def evaluate_edits(editor, cases: Sequence, hparams, *, sequential: bool = False
     carrying all earlier edits, and every case is scored once at the end — and, at each
     count in ``checkpoints``, the cases edited so far, to show where a method degrades.
     ``on_record`` receives one JSON-able dict per edit and per checkpoint as they happen,
-    so a long run leaves its partial results behind; one at a time, those records of
-    this method and layer passed back as ``done`` are reused instead of recomputed.
+    so a long run leaves its partial results behind. Records of this method and layer
+    passed back as ``done`` are reused instead of recomputed: one at a time, any edits;
+    in sequence, the unbroken run of edits from the first, whose stored deltas are
+    replayed exactly (a run resumed after a stop ends with the weights it would have had).
     ``gen_tokens`` > 0: generation entropy of CounterFact cases with generation prompts.
     """
     from tqdm.auto import tqdm
@@ -306,8 +349,9 @@ def evaluate_edits(editor, cases: Sequence, hparams, *, sequential: bool = False
     emit = on_record or (lambda record: None)
     reuse = {} if sequential else {r["index"]: r for r in done if r.get("kind") == "edit"
                                    and r.get("method") == hparams.method and r.get("layer") == hparams.layer}
+    replay, replayed_checkpoints = _sequential_prefix(done, hparams) if sequential else ([], {})
     editor.restore()
-    results, seconds, norms, scores, fluency, reached = [], [], [], [], [], []
+    applied, seconds, norms, scores, fluency, reached = [], [], [], [], [], []
     for index, case in enumerate(tqdm(cases, desc=f"{hparams.method} edits", disable=not progress, leave=False)):
         if index in reuse:
             earlier = reuse[index]
@@ -316,19 +360,31 @@ def evaluate_edits(editor, cases: Sequence, hparams, *, sequential: bool = False
             scores.append(_case_scores(case, earlier["scores"]))
             fluency.append(earlier["neutral_nll"])
             continue
+        if index < len(replay):
+            seconds.append(replay[index]["seconds"])
+            norms.append(replay[index]["delta_norm"])
+            applied.append(delta_from_record(replay[index]["delta"]))
+            stored = replayed_checkpoints.get(index + 1)
+            if index + 1 in checkpoints and stored is not None:
+                reached.append(stored)
+            missing = index + 1 in checkpoints and stored is None
+            if missing or index + 1 == len(replay):  # the model must carry the edits from here on
+                editor.apply(applied)
+            if missing:
+                reached.append(_checkpoint(editor, cases[: index + 1], score, summary, hparams))
+                emit(reached[-1])
+            continue
         result = editor.compute(case.request, hparams)
-        results.append(result)
         seconds.append(result.seconds)
         norms.append(result.delta.norm())
         record = {"kind": "edit", "method": hparams.method, "layer": hparams.layer, "index": index,
                   "subject": case.request.subject, "seconds": seconds[-1], "delta_norm": norms[-1]}
         if sequential:
-            editor.apply(results)
+            applied.append(result)
+            editor.apply(applied)
+            record["delta"] = delta_record(result.delta)
             if index + 1 in checkpoints:
-                so_far = [score(editor.model, editor.tokenizer, c) for c in cases[: index + 1]]
-                reached.append({"kind": "checkpoint", "method": hparams.method, "layer": hparams.layer,
-                                "edits": index + 1, "summary": summary(so_far),
-                                "neutral_nll": neutral_nll(editor.model, editor.tokenizer)})
+                reached.append(_checkpoint(editor, cases[: index + 1], score, summary, hparams))
         else:
             editor.apply([result])
             scores.append(score(editor.model, editor.tokenizer, case))
@@ -339,6 +395,7 @@ def evaluate_edits(editor, cases: Sequence, hparams, *, sequential: bool = False
         if reached and reached[-1]["edits"] == index + 1:
             emit(reached[-1])
     if sequential:
+        editor.apply(applied)
         scores = [score(editor.model, editor.tokenizer, c) for c in cases]
         fluency.append(neutral_nll(editor.model, editor.tokenizer))
     weight_norm = _edited_weight_norm(editor, hparams.layer)
@@ -350,6 +407,13 @@ def evaluate_edits(editor, cases: Sequence, hparams, *, sequential: bool = False
         mean_relative_norm=mean(norms) / weight_norm if norms else nan,
         neutral_nll=mean(fluency) if fluency else nan, checkpoints=reached, cases=scores,
     )
+
+
+def _checkpoint(editor, so_far: Sequence, score, summary, hparams) -> dict:
+    """Scores of the cases edited so far, on the model carrying their edits."""
+    return {"kind": "checkpoint", "method": hparams.method, "layer": hparams.layer, "edits": len(so_far),
+            "summary": summary([score(editor.model, editor.tokenizer, c) for c in so_far]),
+            "neutral_nll": neutral_nll(editor.model, editor.tokenizer)}
 
 
 def _case_scores(case, stored: dict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -147,6 +148,38 @@ def test_one_at_a_time_run_resumes_from_its_records(tmp_path):
     assert [r.subject for r in computed] == [cases[2].request.subject]
     assert [r["index"] for r in again] == [2]
     assert resumed["runs"][0]["summary"] == full["runs"][0]["summary"]
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3])
+def test_sequential_run_resumes_by_replaying_stored_deltas(tmp_path, cut):
+    """A sequential run cut after ``cut`` edits goes on from its records to the uninterrupted result."""
+    from romevc.editing.stats import StatsCache
+    from romevc.editor import Editor
+    from romevc.evaluate import delta_from_record, run_evaluation
+    from romevc.model import load_base
+
+    facts = json.loads((TINY_GPT2 / "facts.json").read_text())[:4]
+    cases = load_dataset(_counterfact_file(tmp_path, facts), 4)
+    editor = Editor(load_base(str(TINY_GPT2)), StatsCache(n_tokens=2000, root=tmp_path / "stats"))
+    first: list[dict] = []
+    full = run_evaluation(editor, cases, ["r-rome"], [1], sequential=True, checkpoints=[2],
+                          on_record=first.append, progress=False)
+    kept = [r for r in first if r["kind"] == "checkpoint" or r["index"] < cut]
+    kept = [r for r in kept if r["kind"] == "edit" or r["edits"] <= cut]
+    computed = []
+    editor.compute = lambda request, hparams: computed.append(request) or Editor.compute(editor, request, hparams)
+    again: list[dict] = []
+    resumed = run_evaluation(editor, cases, ["r-rome"], [1], sequential=True, checkpoints=[2],
+                             on_record=again.append, progress=False, done=kept)
+    assert [r.subject for r in computed] == [c.request.subject for c in cases[cut:]]
+    assert [r["index"] for r in again if r["kind"] == "edit"] == list(range(cut, 4))
+    assert [r["edits"] for r in again if r["kind"] == "checkpoint"] == ([2] if cut < 2 else [])
+    for before, after in zip([r for r in first if r["kind"] == "edit"][cut:], [r for r in again if r["kind"] == "edit"]):
+        assert before["delta"] == after["delta"]  # computed on bit-identical weights
+    assert resumed["runs"][0]["summary"] == full["runs"][0]["summary"]
+    assert resumed["runs"][0]["checkpoints"] == full["runs"][0]["checkpoints"]
+    delta = delta_from_record(first[0]["delta"])
+    assert delta.u.dtype == torch.float32 and delta.module == "transformer.h.1.mlp.c_proj"
 
 
 # -- MEMIT batches ---------------------------------------------------------------------------------
