@@ -108,6 +108,21 @@ def test_show_lists_each_fact_once_with_its_layers(memit_repo):
     assert data["layers"] == "0-1" and len(data["pieces"]) == 2
 
 
+def test_diff_and_blame_list_each_fact_once_with_its_layers(memit_repo):
+    repo, made = memit_repo
+    report = repo.diff("HEAD~1", "HEAD")
+    assert [(e.fact, e.layers) for e in report.added] == [(r.fact(), (0, 1)) for r in FACTS]
+    assert report.to_dict()["by_layer"] == {"0-1": {"added": [r.fact() for r in FACTS], "removed": []}}
+    assert [len(e.pieces) for e in report.added] == [2, 2, 2]
+    back = repo.diff("HEAD", "HEAD~1")
+    assert [e.fact for e in back.removed] == [r.fact() for r in FACTS]
+    lines = repo.blame(FACTS[0].subject)  # the ROME edit of the same subject, then the batch's fact
+    assert [[(e.fact, e.layer_text) for e in line.added] for line in lines] == [[(A.fact(), "1")],
+                                                                                [(FACTS[0].fact(), "0-1")]]
+    piece_line = repo.blame(layer=1)[-1]  # the layer-1 pieces only: each fact once, at that layer
+    assert [e.layer_text for e in piece_line.added] == ["1", "1", "1"]
+
+
 def test_verify_recomputes_the_batch_as_a_unit(memit_repo):
     repo, _ = memit_repo
     result = repo.verify(recompute=True)

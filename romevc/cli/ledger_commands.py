@@ -347,7 +347,7 @@ def diff(a, b, probe, repo, as_json):
 
     def render(d) -> str:
         lines = [f"diff {d['a'][:SHORT]}..{d['b'][:SHORT]}"]
-        for layer, change in sorted(d["by_layer"].items(), key=lambda kv: int(kv[0])):
+        for layer, change in d["by_layer"].items():  # in layer order
             lines.append(f"layer {layer}")
             lines += [f"+ {fact}" for fact in change["added"]] + [f"- {fact}" for fact in change["removed"]]
         if not d["by_layer"]:
@@ -383,7 +383,7 @@ def blame(subject, layer, ref, repo, as_json):
             c = r["commit"]
             when = _dt.datetime.fromtimestamp(c["time"], _dt.timezone.utc).strftime("%Y-%m-%d")
             for sign, change in (("+", "added"), ("-", "removed")):
-                out += [f"{c['short']} ({c['author']} {when}) {sign} layer {e['layer']}  {e['fact']}" for e in r[change]]
+                out += [f"{c['short']} ({c['author']} {when}) {sign} layer {e['layers']}  {e['fact']}" for e in r[change]]
         return "\n".join(out) or "no commit changed a matching edit"
 
     emit([r.to_dict() for r in lines_], as_json, render)

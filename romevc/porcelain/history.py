@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from romevc.ledger import KIND_MERGE, Ledger, branch_ref
+from romevc.ledger import KIND_MERGE, EditRecord, Ledger, branch_ref
 from romevc.ledger.errors import CorruptObjectError
 from romevc.porcelain.errors import MergeConflictError, NothingToDoError, RecomputeError, RepoError
 from romevc.porcelain.materialize import batch_id, fingerprints_before
 from romevc.porcelain.merge import DEFAULT_THRESHOLD, conflict_message, find_conflicts, plan_merge, recompute_stale
 from romevc.porcelain.reading import summaries
-from romevc.porcelain.reports import BlameLine, EditSummary, MergeResult, RecomputeCheck, VerifyResult, short
+from romevc.porcelain.reports import (BlameLine, EditSummary, MergeResult, RecomputeCheck, VerifyResult, collapse,
+                                     short)
 
 if TYPE_CHECKING:
     from romevc.repo import Repo
@@ -45,14 +46,15 @@ def decorations(ledger: Ledger) -> dict[str, list[str]]:
 
 def blame(repo: "Repo", *, subject: str | None, layer: int | None, ref: str | None) -> list[BlameLine]:
     entries = repo.ledger.blame(subject=subject, layer=layer, start=ref)
-    cache: dict[str, EditSummary] = {}
+    cache: dict[str, EditRecord] = {}
 
-    def summary(edit_id: str) -> EditSummary:
-        if edit_id not in cache:
-            cache[edit_id] = EditSummary.of(repo.ledger.get_edit(edit_id))
-        return cache[edit_id]
+    def records(edit_ids) -> tuple[EditSummary, ...]:
+        for edit_id in edit_ids:
+            if edit_id not in cache:
+                cache[edit_id] = repo.ledger.get_edit(edit_id)
+        return collapse([cache[e] for e in edit_ids])  # a MEMIT request's pieces as one fact
 
-    return [BlameLine(e.commit, tuple(map(summary, e.added)), tuple(map(summary, e.removed))) for e in entries]
+    return [BlameLine(e.commit, records(e.added), records(e.removed)) for e in entries]
 
 
 # -- verify -------------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def diff(repo: "Repo", a: str, b: str = "HEAD", *, probe: str | Path | None = No
         was = repo.predictions(prompts, none, ca)
         now = repo.predictions(prompts, none, cb)
         probes = tuple(ProbeResult(p, x, y) for p, x, y in zip(prompts, was, now))
-    return DiffReport(ca, cb, summaries(added), summaries(removed), probes)
+    return DiffReport(ca, cb, collapse(added), collapse(removed), probes)  # a MEMIT request once, with its layers
 
 
 def generate(loaded, prompt: str, max_new_tokens: int = 30) -> str:

@@ -6,6 +6,7 @@ the repository is closed.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +87,11 @@ class EditSummary:
                 "layer": self.layer, "module": self.module, "method": self.method, "norm": self.norm,
                 "author": self.author, "time": self.time, "stale": self.stale, "layers": self.layer_text,
                 "batch": self.batch, "pieces": list(self.pieces)}
+
+
+def min_layer(layer_text: str) -> int:
+    """The first layer of a group written as "4", "3-5" or "3,5"."""
+    return int(re.split(r"[-,]", layer_text, maxsplit=1)[0])
 
 
 def _batch(record: EditRecord) -> dict[str, Any] | None:
@@ -210,13 +216,14 @@ class DiffReport:
     removed: tuple[EditSummary, ...]
     probes: tuple[ProbeResult, ...] | None = None  # None: no probe file given
 
-    def layers(self) -> list[int]:
-        return sorted({e.layer for e in self.added + self.removed})
+    def layers(self) -> list[str]:
+        """The layer groups touched, in order: "4" for one edit, "3-5" for a MEMIT request's layers."""
+        return sorted({e.layer_text for e in self.added + self.removed}, key=lambda text: (min_layer(text), text))
 
     def to_dict(self) -> dict[str, Any]:
-        by_layer = {str(layer): {"added": [e.fact for e in self.added if e.layer == layer],
-                                 "removed": [e.fact for e in self.removed if e.layer == layer]}
-                    for layer in self.layers()}
+        by_layer = {group: {"added": [e.fact for e in self.added if e.layer_text == group],
+                            "removed": [e.fact for e in self.removed if e.layer_text == group]}
+                    for group in self.layers()}
         return {"a": self.a, "b": self.b, "added": [e.to_dict() for e in self.added],
                 "removed": [e.to_dict() for e in self.removed], "by_layer": by_layer,
                 "probes": None if self.probes is None else [p.to_dict() for p in self.probes]}
