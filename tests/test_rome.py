@@ -83,6 +83,32 @@ def test_prompt_key_changes_only_subject_first_updates(tiny_gpt2, tiny_stats):
     torch.testing.assert_close(made[True].delta.u, made[False].delta.u)
 
 
+class _IdentityMoment:
+    """C = I: C⁻¹k = k, so the update's geometry is plain Euclidean."""
+
+    def solve(self, k):
+        return k.double()
+
+
+@pytest.mark.parametrize("bare, both_met", [((math.cos(0.5), math.sin(0.5)), True), ((0.5, 0.05), False)])
+def test_prompt_key_is_served_unless_it_would_blow_the_update_up(bare, both_met):
+    """u meets uᵀk̄ = 1 and uᵀk₀ = 1 at the least norm, unless that makes u > 3× r-rome's."""
+    from romevc.editing.forward import Capture
+    from romevc.editing.rome import PROMPT_KEY_MAX_GROWTH, rank_one_update
+
+    mean_key = torch.tensor([1.0, 0.0, 0.0])
+    bare = torch.tensor([*bare, 0.0])
+    others = 2 * mean_key - bare  # two prompts whose keys average to mean_key
+    capture = Capture(layer_input=torch.zeros(1), keys=torch.stack([bare, others]), values=torch.zeros(2, 3))
+    single, _ = rank_one_update(capture, torch.ones(4), _IdentityMoment(), 2, "r-rome", prompt_key=False)
+    u, v = rank_one_update(capture, torch.ones(4), _IdentityMoment(), 2, "r-rome", prompt_key=True)
+    assert torch.equal(v, torch.ones(4)) and float(u @ mean_key) == pytest.approx(1.0)
+    if both_met:
+        assert float(u @ bare) == pytest.approx(1.0) and u.norm() <= PROMPT_KEY_MAX_GROWTH * single.norm()
+    else:
+        assert torch.equal(u, single)  # k₀ = k̄/2 + a little: meeting it needs u ≈ 10× longer
+
+
 def test_fingerprint_tracks_applied_edits(tiny_gpt2, tiny_stats):
     request = EditRequest(FACTS[2]["prompt"], FACTS[2]["subject"], "drums")
     result = compute_edit(tiny_gpt2.model, tiny_gpt2.tokenizer, request, RomeHyperParams(layer=1, v_steps=2),

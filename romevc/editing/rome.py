@@ -190,6 +190,10 @@ def optimise_value(model, arch: Architecture, layer: int, prompts: EditPrompts,
 # -- the update ----------------------------------------------------------------------------
 
 PARALLEL_KEYS = 1e-6  # 1 − cos² (in the C⁻¹ metric) below which k₀ adds no constraint of its own
+# Meeting k₀ too may lengthen u at most this much; beyond it k₀ is nearly orthogonal to k̄ and the
+# second constraint would buy one prompt's efficacy with a far larger change of W (CounterFact
+# records 117 and 152 of the first 200: 4.8× and 11.9×; every other record ≤ 2.75×).
+PROMPT_KEY_MAX_GROWTH = 3.0
 
 
 def rank_one_update(capture: forward.Capture, delta: torch.Tensor, moment: SecondMoment,
@@ -200,7 +204,8 @@ def rank_one_update(capture: forward.Capture, delta: torch.Tensor, moment: Secon
     the direction C⁻¹k̄ normalised so that uᵀk₀ = 1; ``r-rome`` normalises by k̄ itself. With
     ``prompt_key`` r-rome takes the least-C-norm u meeting both uᵀk̄ = 1 and uᵀk₀ = 1: when
     the subject opens the prompt, k₀ sits far from k̄ and would otherwise keep most of its
-    old value (CounterFact efficacy misses); when the two keys are parallel it is plain r-rome.
+    old value (CounterFact efficacy misses); when the two keys are parallel, or when serving
+    k₀ would make u more than :data:`PROMPT_KEY_MAX_GROWTH` times longer, it is plain r-rome.
     """
     keys = capture.keys[:n_rewrite].double()  # (n_rewrite, d_in); row 0 is the bare prompt
     mean_key = keys.mean(0)
@@ -214,7 +219,9 @@ def rank_one_update(capture: forward.Capture, delta: torch.Tensor, moment: Secon
             solved = torch.stack([direction, moment.solve(keys[0])])  # C⁻¹ kᵢ
             gram = solved @ both.T  # kᵢᵀ C⁻¹ kⱼ, symmetric positive semi-definite
             if 1 - gram[0, 1] ** 2 / (gram[0, 0] * gram[1, 1]) > PARALLEL_KEYS:
-                u = torch.linalg.solve(gram, torch.ones(2, dtype=gram.dtype)) @ solved
+                both_met = torch.linalg.solve(gram, torch.ones(2, dtype=gram.dtype)) @ solved
+                if both_met.norm() <= PROMPT_KEY_MAX_GROWTH * u.norm():
+                    u = both_met
     # δ was added to exactly the module output W k + b at each prompt's subject, so for
     # every key the update is asked to serve, v* − (W k + b) = δ.
     return u.float(), delta.float()
