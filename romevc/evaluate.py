@@ -22,8 +22,6 @@ from pathlib import Path
 from statistics import mean
 from typing import Callable, Iterable, Sequence
 
-import torch
-
 from romevc.editing.request import EditRequest
 from romevc.errors import EditRequestError, RomevcError
 from romevc.predict import target_nll
@@ -289,29 +287,27 @@ def evaluate_unedited(editor, cases: Sequence, progress: bool = True, gen_tokens
 
 
 def delta_record(delta) -> dict:
-    """A delta as JSON (float32 little-endian, base64): what a resumed sequential run replays."""
+    """A delta as JSON (its stored float32 bytes in base64): what a resumed sequential run replays."""
     import base64
 
-    def encode(t):
-        return base64.b64encode(t.detach().to(torch.float32).contiguous().numpy().astype("<f4").tobytes()).decode()
+    from romevc.editing.delta import float32_bytes
 
     return {"module": delta.module, "layout": delta.layout, "shape_u": list(delta.u.shape),
-            "shape_v": list(delta.v.shape), "u": encode(delta.u), "v": encode(delta.v)}
+            "shape_v": list(delta.v.shape), "u": base64.b64encode(float32_bytes(delta.u)).decode(),
+            "v": base64.b64encode(float32_bytes(delta.v)).decode()}
 
 
 def delta_from_record(data: dict):
     """The exact delta :func:`delta_record` wrote (JSON only: nothing is unpickled)."""
     import base64
 
-    import numpy as np
-
-    from romevc.editing.delta import Delta
+    from romevc.editing.delta import Delta, tensor_from_float32_bytes
 
     def decode(text, shape):
-        values = np.frombuffer(base64.b64decode(text, validate=True), dtype="<f4")
-        if values.size != math.prod(shape):
-            raise RomevcError(f"a stored delta of {data.get('module')!r} has {values.size} values, not {shape}")
-        return torch.from_numpy(values.astype(np.float32).reshape(shape))
+        raw = base64.b64decode(text, validate=True)
+        if len(raw) != 4 * math.prod(shape):
+            raise RomevcError(f"a stored delta of {data.get('module')!r} has {len(raw) // 4} values, not {shape}")
+        return tensor_from_float32_bytes(raw, tuple(shape))
 
     return Delta(data["module"], data["layout"], decode(data["u"], data["shape_u"]), decode(data["v"], data["shape_v"]))
 
@@ -394,8 +390,7 @@ def evaluate_edits(editor, cases: Sequence, hparams, *, sequential: bool = False
         emit(record)
         if reached and reached[-1]["edits"] == index + 1:
             emit(reached[-1])
-    if sequential:
-        editor.apply(applied)
+    if sequential:  # the model carries every edit: applied after each, or when the replay ended
         scores = [score(editor.model, editor.tokenizer, c) for c in cases]
         fluency.append(neutral_nll(editor.model, editor.tokenizer))
     weight_norm = _edited_weight_norm(editor, hparams.layer)

@@ -150,17 +150,24 @@ def test_concurrent_edits_all_land_once(processes, tmp_path, tiny):
 
 # -- the retry itself, step by step ------------------------------------------------------------------------------
 
+def someone_commits_during_first(ours: Repo, theirs: Repo, method: str) -> list[str]:
+    """Make ``ours.workspace.<method>`` let ``theirs`` commit an edit of A while our first attempt
+    computes; returns the list that then holds the commit they made."""
+    compute, moved = getattr(ours.workspace, method), []
+
+    def compute_while_someone_commits(*args, **kwargs):
+        if not moved:
+            moved.append(theirs.edit(A, time=1).commit.id)
+        return compute(*args, **kwargs)
+
+    setattr(ours.workspace, method, compute_while_someone_commits)
+    return moved
+
+
 def test_an_edit_whose_branch_moved_is_recomputed_on_the_new_tip(tmp_path, tiny, caplog):
     root = init_repo(tmp_path / "repo", tiny)
     with Repo.open(root, loaded=tiny) as ours, Repo.open(root, loaded=tiny) as theirs:
-        compute, moved = ours.workspace.compute, []
-
-        def compute_while_someone_commits(*args, **kwargs):
-            if not moved:  # another writer commits while our first attempt computes
-                moved.append(theirs.edit(A, time=1).commit.id)
-            return compute(*args, **kwargs)
-
-        ours.workspace.compute = compute_while_someone_commits
+        moved = someone_commits_during_first(ours, theirs, "compute")
         with caplog.at_level(logging.WARNING, logger="romevc"):
             made = ours.edit(B, time=2)
         assert tuple(made.commit.parents) == (moved[0],)

@@ -12,6 +12,7 @@ from romevc.errors import RomevcError
 from romevc.porcelain.errors import EditSetError, RecomputeError
 from romevc.porcelain.materialize import batch_id, stale_flags
 from romevc.repo import Repo
+from tests.test_concurrency import someone_commits_during_first
 from tests.test_memit import BATCH, TINY_HP
 from tests.test_repo import assert_same_weights, state, top
 from tests.tiny_facts import A, AUTHOR, FIXTURE
@@ -217,14 +218,7 @@ def test_cli_bad_memit_input_is_one_line_and_writes_nothing(invoke_cli, cli_repo
 def test_a_batch_whose_branch_moved_is_recomputed_on_the_new_tip(make_repo):
     ours = make_repo()
     with Repo.open(ours.root, loaded=ours.workspace.loaded) as theirs:
-        compute, moved = ours.workspace.compute_memit, []
-
-        def compute_while_someone_commits(*args, **kwargs):
-            if not moved:  # another writer commits while our first attempt computes
-                moved.append(theirs.edit(A, time=1).commit.id)
-            return compute(*args, **kwargs)
-
-        ours.workspace.compute_memit = compute_while_someone_commits
+        moved = someone_commits_during_first(ours, theirs, "compute_memit")
         made = ours.edit_memit(FACTS, HP, time=2)
     records = ours.records("main")
     assert tuple(made.commit.parents) == (moved[0],) and len(ours.log()) == 2

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 
 from romevc.architectures import LAYOUT_CONV1D, LAYOUT_LINEAR
@@ -69,6 +70,19 @@ class Delta:
         h.update(self.u.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
         h.update(self.v.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
         return h.hexdigest()
+
+
+LE_FLOAT32 = np.dtype("<f4")  # how u and v are stored everywhere: float32, little-endian
+
+
+def float32_bytes(t: torch.Tensor) -> bytes:
+    """A tensor's values as stored: float32, little-endian, row-major."""
+    return t.detach().to(torch.float32).contiguous().cpu().numpy().astype(LE_FLOAT32).tobytes()
+
+
+def tensor_from_float32_bytes(data: bytes, shape: tuple[int, ...]) -> torch.Tensor:
+    """The float32 CPU tensor of ``shape`` that :func:`float32_bytes` wrote (a copy, so writable)."""
+    return torch.from_numpy(np.frombuffer(data, dtype=LE_FLOAT32).astype(np.float32)).reshape(shape)
 
 
 def base_fingerprint(model: torch.nn.Module) -> str:

@@ -199,24 +199,24 @@ class SuffixStack:
         self.subject_positions = batch.subject_positions.to(device)
         self.mask, self.position_ids = mask.to(device), position_ids.to(device)
         self.suffix = hidden[:, self.split :]
+        self.backbone = model.get_submodule(arch.layers.rpartition(".")[0])
+        # transformers 5.x renamed ``past_key_values`` to ``cache``; 4.56+ knows only the former.
+        self.cache_argument = "cache" if "cache" in inspect.signature(self.backbone.forward).parameters \
+            else "past_key_values"
+        self.cache_class = DynamicCache
         self.prefix_cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         if self.split:
             with torch.no_grad():
                 cache = DynamicCache()
-                self._run(hidden[:, : self.split], mask[:, : self.split].to(device),
-                          self.position_ids[:, : self.split], cache)
+                self._run(hidden[:, : self.split], self.mask[:, : self.split], self.position_ids[:, : self.split], cache)
             self.prefix_cache = [(part.keys, part.values) for part in cache.layers]
-            self._cache_class = DynamicCache
 
     def _run(self, hidden: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, cache) -> torch.Tensor:
         if self.arch.position_embed is not None:  # GPT-2 adds learned positions to inputs_embeds: cancel that
             hidden = hidden - self.model.get_submodule(self.arch.position_embed)(position_ids)
-        backbone = self.model.get_submodule(self.arch.layers.rpartition(".")[0])
-        # transformers 5.x renamed ``past_key_values`` to ``cache``; 4.56+ knows only the former.
-        cache_argument = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
         with renumbered_from(self.model, self.arch, self.layer), stack_from(self.model, self.arch, self.layer):
-            out = backbone(inputs_embeds=hidden, attention_mask=mask, position_ids=position_ids,
-                           use_cache=cache is not None, **{cache_argument: cache})
+            out = self.backbone(inputs_embeds=hidden, attention_mask=mask, position_ids=position_ids,
+                                use_cache=cache is not None, **{self.cache_argument: cache})
         return out.last_hidden_state
 
     @property
@@ -226,7 +226,7 @@ class SuffixStack:
 
     def run(self) -> torch.Tensor:
         """Final hidden states (rows, suffix width, d_model); column j is position split + j of the aligned rows."""
-        cache = self._cache_class(ddp_cache_data=self.prefix_cache) if self.prefix_cache else None
+        cache = self.cache_class(ddp_cache_data=self.prefix_cache) if self.prefix_cache else None
         return self._run(self.suffix, self.mask, self.position_ids[:, self.split :], cache)
 
     def columns(self, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

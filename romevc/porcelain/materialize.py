@@ -21,19 +21,15 @@ import hashlib
 import logging
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
-from romevc.editing.delta import Delta
+from romevc.editing.delta import Delta, float32_bytes, tensor_from_float32_bytes
 from romevc.editing.result import EditResult, MemitResult
 from romevc.ledger import EditRecord, RepoInfo, StoredDelta
 from romevc.ledger.objects import canonical_json
 from romevc.porcelain.errors import BaseMismatchError
 
 log = logging.getLogger(__name__)
-
-_LE_FLOAT32 = np.dtype("<f4")
-
 
 # -- records <-> deltas ----------------------------------------------------------------------
 
@@ -47,13 +43,8 @@ def _shapes(record: EditRecord | StoredDelta) -> tuple[tuple[int, ...], tuple[in
 def to_delta(record: EditRecord | StoredDelta) -> Delta:
     """The engine's :class:`Delta` for a stored edit (float32, CPU)."""
     u_shape, v_shape = _shapes(record)
-    u = torch.from_numpy(np.frombuffer(record.u, dtype=_LE_FLOAT32).astype(np.float32)).reshape(u_shape)
-    v = torch.from_numpy(np.frombuffer(record.v, dtype=_LE_FLOAT32).astype(np.float32)).reshape(v_shape)
-    return Delta(record.module, record.layout, u, v)
-
-
-def _le_bytes(t: torch.Tensor) -> bytes:
-    return t.detach().to(torch.float32).contiguous().cpu().numpy().astype(_LE_FLOAT32).tobytes()
+    return Delta(record.module, record.layout, tensor_from_float32_bytes(record.u, u_shape),
+                 tensor_from_float32_bytes(record.v, v_shape))
 
 
 def record_from_result(result: EditResult, *, author: str, time: int) -> EditRecord:
@@ -62,7 +53,7 @@ def record_from_result(result: EditResult, *, author: str, time: int) -> EditRec
     return EditRecord.create(
         request=result.request.to_dict(), method=result.method, hparams=result.hparams, seed=result.seed,
         templates=result.templates, layer=result.layer, module=delta.module, layout=delta.layout,
-        u=_le_bytes(delta.u), v=_le_bytes(delta.v), rank=delta.rank, stats_id=result.stats_id,
+        u=float32_bytes(delta.u), v=float32_bytes(delta.v), rank=delta.rank, stats_id=result.stats_id,
         weights_fingerprint=result.weights_fingerprint, author=author, time=time,
     )
 
@@ -98,7 +89,7 @@ def records_from_memit(result: MemitResult, *, author: str, time: int) -> list[E
             out.append(EditRecord.create(
                 request=request.to_dict(), method=result.method, hparams=hparams, seed=result.seed,
                 templates=result.templates, layer=layer, module=delta.module, layout=delta.layout,
-                u=_le_bytes(delta.u), v=_le_bytes(delta.v), rank=1, stats_id=stats_id,
+                u=float32_bytes(delta.u), v=float32_bytes(delta.v), rank=1, stats_id=stats_id,
                 weights_fingerprint=result.weights_fingerprint, author=author, time=time,
             ))
     return out

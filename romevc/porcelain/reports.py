@@ -6,7 +6,6 @@ the repository is closed.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,11 +86,6 @@ class EditSummary:
                 "layer": self.layer, "module": self.module, "method": self.method, "norm": self.norm,
                 "author": self.author, "time": self.time, "stale": self.stale, "layers": self.layer_text,
                 "batch": self.batch, "pieces": list(self.pieces)}
-
-
-def min_layer(layer_text: str) -> int:
-    """The first layer of a group written as "4", "3-5" or "3,5"."""
-    return int(re.split(r"[-,]", layer_text, maxsplit=1)[0])
 
 
 def _batch(record: EditRecord) -> dict[str, Any] | None:
@@ -218,7 +212,8 @@ class DiffReport:
 
     def layers(self) -> list[str]:
         """The layer groups touched, in order: "4" for one edit, "3-5" for a MEMIT request's layers."""
-        return sorted({e.layer_text for e in self.added + self.removed}, key=lambda text: (min_layer(text), text))
+        groups = {e.layer_text: e.layers or (e.layer,) for e in self.added + self.removed}
+        return sorted(groups, key=groups.__getitem__)
 
     def to_dict(self) -> dict[str, Any]:
         by_layer = {group: {"added": [e.fact for e in self.added if e.layer_text == group],
