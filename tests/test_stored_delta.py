@@ -67,3 +67,35 @@ def test_deltas_of_reads_the_set_in_order_and_refuses_a_flipped_byte(tmp_path):
             s.execute(update(SqlEdit).where(SqlEdit.id == edits[2].id).values(v=bytes(flipped)))
         with pytest.raises(CorruptObjectError, match=edits[2].id):
             ledger.deltas_of(commit.id)
+
+
+def test_decoding_a_set_at_once_gives_each_edits_own_delta_and_the_same_weights():
+    """to_deltas (one buffer per module, rows taken without a copy) = to_delta one by one, bit for bit."""
+    import torch
+
+    from romevc.editing.delta import Delta, stacked_factors, updated_weight
+    from romevc.porcelain.materialize import to_delta, to_deltas
+
+    rng = np.random.default_rng(1)
+    # Interleaved modules and ranks, so each module's rows are not contiguous in the record order.
+    edits = [_edit(rng, request={"prompt": "{} is in", "subject": f"S{i}", "target_new": "Rome"}, hparams={},
+                   templates=["{}"], module=f"m{i % 3}", layout=LAYOUT_LINEAR, rank=1 + (i % 5 == 4), seed=i,
+                   layer=i % 3) for i in range(12)]
+    one_by_one, at_once = [to_delta(e) for e in edits], to_deltas(edits)
+    for a, b in zip(one_by_one, at_once):
+        assert (a.module, a.layout) == (b.module, b.layout)
+        assert torch.equal(a.u, b.u) and torch.equal(a.v, b.v) and a.digest() == b.digest()
+    pristine = torch.randn(4, 6)
+    for module in ("m0", "m1", "m2"):
+        mine = [d for d in at_once if d.module == module]
+        ref = [d for d in one_by_one if d.module == module]
+        assert torch.equal(updated_weight(pristine, mine, LAYOUT_LINEAR), updated_weight(pristine, ref, LAYOUT_LINEAR))
+    rank_one = [d for d in at_once if d.module == "m1" and d.rank == 1]
+    u, v = stacked_factors(rank_one)
+    assert torch.equal(u, torch.stack([d.u for d in rank_one])) and torch.equal(v, torch.stack([d.v for d in rank_one]))
+    backwards = rank_one[::-1]  # same buffer, other order: stacked, not shared
+    assert torch.equal(stacked_factors(backwards)[0], torch.stack([d.u for d in backwards]))
+    # A module whose rank-one edits came in one run shares the decoded buffer: no second copy.
+    run = to_deltas([e for e in edits if e.module == "m1" and e.rank == 1])
+    assert stacked_factors(run)[0].data_ptr() == run[0].u.data_ptr()
+    assert isinstance(run[0], Delta)

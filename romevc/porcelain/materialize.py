@@ -47,6 +47,25 @@ def to_delta(record: EditRecord | StoredDelta) -> Delta:
                  tensor_from_float32_bytes(record.v, v_shape))
 
 
+def to_deltas(records: Sequence[EditRecord | StoredDelta]) -> list[Delta]:
+    """:func:`to_delta` of each record, decoding all blobs of one module and shape in one pass.
+
+    A 1,000-edit checkout then makes two tensors per module instead of 2,000; each delta's
+    u and v are rows of them (read-only use, like every delta), which the apply step
+    takes as they are instead of stacking them again.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, record in enumerate(records):
+        groups.setdefault((record.module, *_shapes(record)), []).append(i)
+    out: list[Delta | None] = [None] * len(records)
+    for (_module, u_shape, v_shape), members in groups.items():
+        us = tensor_from_float32_bytes(bytearray().join(records[i].u for i in members), (len(members), *u_shape))
+        vs = tensor_from_float32_bytes(bytearray().join(records[i].v for i in members), (len(members), *v_shape))
+        for j, i in enumerate(members):
+            out[i] = Delta(records[i].module, records[i].layout, us[j], vs[j])
+    return out
+
+
 def record_from_result(result: EditResult, *, author: str, time: int) -> EditRecord:
     """An :class:`EditRecord` holding everything needed to recompute ``result``."""
     delta = result.delta
@@ -199,7 +218,9 @@ class Workspace:
 
     def checkout(self, records: Sequence[EditRecord | StoredDelta]) -> torch.nn.Module:
         """Set the model's weights to base + ``records`` (exact); returns the model."""
-        wanted = [self.delta(r) for r in records]
+        new = {r.id: r for r in records if r.id not in self._deltas}
+        self._deltas.update(zip(new, to_deltas(list(new.values()))))
+        wanted = [self._deltas[r.id] for r in records]
         editor = self.editor
         applied = editor.applied()
         # The applied deltas live on the model object: compare them by identity, so a model
