@@ -41,6 +41,7 @@ from romevc.errors import RomevcError
 KINDS = ("hidden", "mlp", "attention")  # what is restored: residual stream, MLP outputs, attention outputs
 KIND_TITLES = {"hidden": "hidden state (residual stream)", "mlp": "MLP outputs", "attention": "attention outputs"}
 FORMAT = "romevc-trace-1"
+PRECISIONS = ("float32", "bfloat16")
 
 
 class TraceError(RomevcError):
@@ -56,6 +57,9 @@ class TraceSettings:
     seed: int = field(default=0, metadata={"help": "seed of the torch.Generator that draws the noise"})
     window: int = field(default=10, metadata={"help": "layers of MLP/attention outputs restored together (paper: 10)"})
     max_rows: int = field(default=256, metadata={"help": "rows per forward pass; lower it when memory is short"})
+    precision: str = field(default="float32", metadata={
+        "help": "float32, or bfloat16: matrix products in bfloat16 under autocast while the residual stream, "
+                "norms and logits stay float32 (several times faster on CPUs with AMX or on GPUs)"})
 
     def __post_init__(self) -> None:
         for name in ("samples", "window", "max_rows"):
@@ -66,10 +70,15 @@ class TraceSettings:
             raise TraceError(f"`seed` must be an integer, got {self.seed!r}")
         if not isinstance(self.noise, (int, float)) or not math.isfinite(self.noise) or self.noise <= 0:
             raise TraceError(f"`noise` must be a positive number, got {self.noise!r}")
+        if self.precision not in PRECISIONS:
+            raise TraceError(f"`precision` must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def identity(self) -> dict:
         """Everything that changes the numbers (``max_rows`` only changes the batching)."""
-        return {"samples": self.samples, "noise": float(self.noise), "seed": self.seed, "window": self.window}
+        identity = {"samples": self.samples, "noise": float(self.noise), "seed": self.seed, "window": self.window}
+        if self.precision != "float32":  # traces saved before the option existed were float32
+            identity["precision"] = self.precision
+        return identity
 
 
 # -- the prompt and its subject ------------------------------------------------------------
@@ -179,6 +188,27 @@ def module_name(arch: Architecture, kind: str, layer: int) -> str:
 def window_layers(layer: int, depth: int, window: int) -> list[int]:
     """The ``window`` layers centred on ``layer``, clipped at both ends (the paper's code: l−w/2 .. l+w/2−1)."""
     return list(range(max(0, layer - window // 2), min(depth, layer - (-window // 2))))
+
+
+@contextlib.contextmanager
+def _precision(model: torch.nn.Module, arch: Architecture, precision: str) -> Iterator[None]:
+    """Run the layers' matrix products in ``precision``; the logits are always float32.
+
+    Under bfloat16 autocast the linear layers take bfloat16 inputs (float32 accumulation)
+    while residual additions and norms stay float32; the head is recomputed in float32
+    from its float32 input, so p(answer) is not rounded to bfloat16's 3 digits.
+    """
+    if precision == "float32":
+        yield
+        return
+    device_type = next(model.parameters()).device.type
+
+    def float_head(module, inputs, _output):
+        with torch.autocast(device_type, enabled=False):
+            return module.forward(inputs[0].float())
+
+    with torch.autocast(device_type, dtype=torch.bfloat16), _hooks(model, [(arch.head, float_head)]):
+        yield
 
 
 # -- the three runs ------------------------------------------------------------------------
@@ -329,35 +359,37 @@ def trace(model: torch.nn.Module, tokenizer, prompt: str, subject: str, *, targe
     located = locate_subject(tokenizer, prompt, subject)
     device = next(model.parameters()).device
     ids = torch.tensor([located.ids], device=device)  # (1, seq)
+
     seq = ids.shape[1]
     first, end = located.subject
 
-    clean, clean_probs = _clean_states(model, arch, ids, depth)
-    top_id = int(clean_probs.argmax())
-    answer_id = top_id if target is None else target_token_ids(tokenizer, located.text, target)[0]
-    std = settings.noise * embedding_std(model, arch)
-    d_model = clean[arch.layer_prefix(0)].shape[-1]
-    noise = draw_noise(settings, end - first, d_model, std)
-    layer_inputs, corrupt_probs = _corrupted_run(model, arch, ids, located.subject, noise, depth)
-    p_corrupt = float(corrupt_probs[:, answer_id].mean())
+    with _precision(model, arch, settings.precision):
+        clean, clean_probs = _clean_states(model, arch, ids, depth)
+        top_id = int(clean_probs.argmax())
+        answer_id = top_id if target is None else target_token_ids(tokenizer, located.text, target)[0]
+        std = settings.noise * embedding_std(model, arch)
+        d_model = clean[arch.layer_prefix(0)].shape[-1]
+        noise = draw_noise(settings, end - first, d_model, std)
+        layer_inputs, corrupt_probs = _corrupted_run(model, arch, ids, located.subject, noise, depth)
+        p_corrupt = float(corrupt_probs[:, answer_id].mean())
 
-    grids = {kind: torch.full((seq, depth), p_corrupt) for kind in KINDS}  # tokens before the subject stay here
-    traced = torch.arange(first, seq)
-    per_batch = max(1, settings.max_rows // settings.samples)
-    bar = tqdm(total=len(KINDS) * depth, desc="causal trace", unit="layer", file=sys.stderr,
-               disable=not progress, leave=False)
-    for kind in KINDS:
-        for layer in range(depth):
-            restored = [layer] if kind == "hidden" else window_layers(layer, depth, settings.window)
-            names = [module_name(arch, kind, each) for each in restored]
-            for chunk in traced.split(per_batch):
-                grids[kind][chunk, layer] = _restored_probability(
-                    model, arch, restored[0], layer_inputs[restored[0]], names, clean, chunk, answer_id)
-            bar.update()
-    bar.close()
+        grids = {kind: torch.full((seq, depth), p_corrupt) for kind in KINDS}  # tokens before the subject stay here
+        traced = torch.arange(first, seq)
+        per_batch = max(1, settings.max_rows // settings.samples)
+        bar = tqdm(total=len(KINDS) * depth, desc="causal trace", unit="layer", file=sys.stderr,
+                   disable=not progress, leave=False)
+        for kind in KINDS:
+            for layer in range(depth):
+                restored = [layer] if kind == "hidden" else window_layers(layer, depth, settings.window)
+                names = [module_name(arch, kind, each) for each in restored]
+                for chunk in traced.split(per_batch):
+                    grids[kind][chunk, layer] = _restored_probability(
+                        model, arch, restored[0], layer_inputs[restored[0]], names, clean, chunk, answer_id)
+                bar.update()
+        bar.close()
     return TraceResult(
         text=located.text, subject=subject.strip(), tokens=[tokenizer.decode([i]) for i in located.ids],
         subject_range=located.subject, answer=tokenizer.decode([answer_id]), answer_id=answer_id,
         top_id=top_id, top_token=tokenizer.decode([top_id]), p_clean=float(clean_probs[answer_id]),
-        p_corrupt=p_corrupt,        noise_std=std, settings=settings, grids=grids,
+        p_corrupt=p_corrupt, noise_std=std, settings=settings, grids=grids,
     )

@@ -170,12 +170,18 @@ def _trace_case(model, tokenizer, case, settings: TraceSettings, identity: dict,
     return {**record, "known": result.top_id == result.answer_id, "trace": result.to_dict()}
 
 
+def _averaged(record: dict, known_only: bool) -> bool:
+    return "trace" in record and (record.get("known") is not False or not known_only)
+
+
 def run_average(model, tokenizer, cases: Iterable, settings: TraceSettings, records_path: str | Path, *,
-                known_only: bool = False, progress: bool = True) -> AverageTrace:
+                known_only: bool = False, limit: int | None = None, progress: bool = True) -> AverageTrace:
     """Trace every case not yet in ``records_path`` (appending as it goes), then average them all.
 
     With ``known_only``, facts whose clean top-1 token is not the true object's first token
-    are skipped, as the paper averages over facts the model knows.
+    are skipped, as the paper averages over facts the model knows. With ``limit``, cases
+    are read in order only until that many facts are averaged: a small model knows few
+    CounterFact facts, so "100 known facts" may take a few thousand records.
     """
     from tqdm.auto import tqdm
 
@@ -183,14 +189,22 @@ def run_average(model, tokenizer, cases: Iterable, settings: TraceSettings, reco
     identity = {"settings": settings.identity(), "model": getattr(model, "romevc_base_fingerprint", None)}
     cases = list(cases)
     records = read_records(path, identity)
-    todo = [case for case in cases if not _is_done(records.get(case.case_id), known_only)]
-    if len(todo) < len(cases):
-        log.info("%s: %d of %d facts already traced", path, len(cases) - len(todo), len(cases))
-    for case in tqdm(todo, desc="tracing facts", unit="fact", file=sys.stderr, disable=not progress):
-        record = _trace_case(model, tokenizer, case, settings, identity, known_only)
-        append_record(path, record)
-        records[case.case_id] = record
-    chosen = [records[case.case_id] for case in cases]
-    results = [TraceResult.from_dict(r["trace"]) for r in chosen
-               if "trace" in r and (r.get("known") is not False or not known_only)]
+    wanted = len(cases) if limit is None else limit
+    chosen: list[dict] = []
+    used = 0
+    bar = tqdm(total=wanted, desc="tracing facts", unit="fact", file=sys.stderr, disable=not progress)
+    for case in cases:
+        if used >= wanted:
+            break
+        record = records.get(case.case_id)
+        if not _is_done(record, known_only):
+            record = _trace_case(model, tokenizer, case, settings, identity, known_only)
+            append_record(path, record)
+            records[case.case_id] = record
+        chosen.append(record)
+        if _averaged(record, known_only):
+            used += 1
+            bar.update()
+    bar.close()
+    results = [TraceResult.from_dict(r["trace"]) for r in chosen if _averaged(r, known_only)]
     return average(results, skipped=len(chosen) - len(results))

@@ -330,3 +330,39 @@ def test_cli_usage_errors():
 def test_help_has_examples():
     result = CliRunner().invoke(cli, ["trace", "--help"])
     assert result.exit_code == 0 and result.output.count("Example:") == 2
+
+
+def test_bfloat16_precision_stays_close_to_float32(tiny, gpt2_trace, one_thread):
+    """bfloat16 autocast rounds only the matrix products' inputs: the grids stay within a few
+    thousandths of float32, the endpoints too, and the setting is part of the trace's identity."""
+    fast_bf16 = TraceSettings(samples=3, window=2, precision="bfloat16")
+    result = trace(tiny.model, tiny.tokenizer, PROMPT, SUBJECT, settings=fast_bf16)
+    assert result.p_clean == pytest.approx(gpt2_trace.p_clean, abs=5e-3)
+    assert result.p_corrupt == pytest.approx(gpt2_trace.p_corrupt, abs=5e-3)
+    for kind in KINDS:
+        assert result.grids[kind].dtype == torch.float32
+        torch.testing.assert_close(result.grids[kind], gpt2_trace.grids[kind], rtol=0, atol=1e-2)
+    assert fast_bf16.identity()["precision"] == "bfloat16" and "precision" not in FAST.identity()
+    assert next(tiny.model.parameters()).dtype == torch.float32  # the model itself is untouched
+    with pytest.raises(TraceError, match="`precision`"):
+        TraceSettings(precision="float16")
+
+
+def test_known_only_average_reads_on_until_n_known_facts(tmp_path, one_thread):
+    """--n with --known-only counts facts the model knows: unknown ones are read, skipped and not counted."""
+    facts = json.loads((TINY_GPT2 / "facts.json").read_text())[:3]
+    rows = []
+    for i, f in enumerate(facts):
+        rows.append({"case_id": 2 * i, "prompt": f["prompt"], "subject": f["subject"], "target_new": "Lima",
+                     "ground_truth": "Lima", "rephrase_prompt": f["prompt"], "locality_prompt": f["prompt"],
+                     "locality_ground_truth": f["target"]})  # the model does not answer "Lima": unknown
+        rows.append({**rows[-1], "case_id": 2 * i + 1, "ground_truth": f["target"]})
+    data_file, out = tmp_path / "cf.json", tmp_path / "out"
+    data_file.write_text(json.dumps(rows))
+    result = _invoke("--average", str(data_file), "--n", "2", "--known-only", "--out", str(out), "--no-plot",
+                     "--window", "2", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["n_facts"], data["skipped"]) == (2, 2)
+    traced = [json.loads(line)["case_id"] for line in (out / "average-facts.jsonl").read_text().splitlines()]
+    assert traced == [0, 1, 2, 3]  # stopped after the second known fact
