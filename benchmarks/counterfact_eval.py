@@ -33,9 +33,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="records from the start of the file")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--base", default=None)
-    parser.add_argument("--method", dest="methods", action="append", choices=["r-rome", "rome", "memit"])
+    parser.add_argument("--method", dest="methods", action="append", choices=["r-rome", "rome", "memit", "alphaedit"])
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="memit: edits per batch (default: all records in one batch)")
+                        help="memit/alphaedit: edits per batch (default: all records in one batch)")
     parser.add_argument("--layer", dest="layers", action="append", type=int)
     parser.add_argument("--sequential", action="store_true")
     parser.add_argument("--tokens", type=int, default=None, help="statistics tokens (default 100,000)")

@@ -9,6 +9,7 @@ from typing import Sequence
 
 from romevc.architectures import default_layer, num_layers
 from romevc.editing import delta as deltas
+from romevc.editing.alphaedit import AlphaEditHyperParams, PreservedKeys, compute_alphaedit
 from romevc.editing.delta import Delta
 from romevc.editing.hparams import RomeHyperParams, family_defaults
 from romevc.editing.memit import compute_memit
@@ -56,6 +57,19 @@ class Editor:
         hp = hparams or self.hparams()
         return compute_edit(self.model, self.tokenizer, request, hp, stats=self.stats,
                             templates=self.templates(hp))
+
+    def alphaedit_hparams(self, **overrides) -> AlphaEditHyperParams:
+        """AlphaEdit's defaults: MEMIT's family range and steps, the null-space energy and α, ``overrides`` on top."""
+        base = {**memit_defaults(self.model), **{k: v for k, v in overrides.items() if v is not None}}
+        return AlphaEditHyperParams(**base)
+
+    def compute_alphaedit(self, requests: Sequence[EditRequest], hparams: AlphaEditHyperParams | None = None,
+                          preserved: PreservedKeys | None = None) -> tuple[MemitResult, list]:
+        """One AlphaEdit batch against the current weights, protecting ``preserved`` (the model is unchanged
+        afterwards); also returns each layer's keys, for ``preserved.add`` before the next batch."""
+        hp = hparams or self.alphaedit_hparams()
+        return compute_alphaedit(self.model, self.tokenizer, requests, hp, stats=self.stats, preserved=preserved,
+                                 templates=self.templates(hp))
 
     def compute_memit(self, requests: Sequence[EditRequest], hparams: MemitHyperParams | None = None) -> MemitResult:
         """One MEMIT batch against the current weights (the model is unchanged afterwards)."""

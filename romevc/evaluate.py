@@ -427,8 +427,8 @@ def layer_label(layers: Sequence[int]) -> str:
 def evaluate_memit(editor, cases: Sequence, hparams, *, batch_size: int | None = None, sequential: bool = False,
                    progress: bool = True, checkpoints: Sequence[int] = (),
                    on_record: Callable[[dict], None] | None = None, done: Sequence[dict] = (),
-                   gen_tokens: int = 0) -> EvalRun:
-    """Edit the cases as MEMIT batches and score every case on the model carrying its batch.
+                   gen_tokens: int = 0, method: str = "memit") -> EvalRun:
+    """Edit the cases as MEMIT (or AlphaEdit) batches and score every case on the model carrying its batch.
 
     The cases are cut into consecutive batches of ``batch_size`` (None: one batch of all,
     as the paper's batches of edits). Otherwise the batches are independent: each is
@@ -438,6 +438,8 @@ def evaluate_memit(editor, cases: Sequence, hparams, *, batch_size: int | None =
     that a batch reaches or passes, the cases edited so far. ``on_record`` receives one
     JSON-able dict per batch (and per checkpoint); independent batches passed back as
     ``done`` with the same layers, start and size are reused instead of recomputed.
+    ``method="alphaedit"``: in a sequence each batch also protects the keys of the batches
+    before it, as AlphaEdit does.
     """
     from tqdm.auto import tqdm
 
@@ -446,7 +448,12 @@ def evaluate_memit(editor, cases: Sequence, hparams, *, batch_size: int | None =
     layers = list(hparams.layers)
     size = batch_size or max(1, len(cases))
     reuse = {} if sequential else {(r["start"], r["size"]): r for r in done if r.get("kind") == "batch"
-                                   and r.get("method") == "memit" and r.get("layers") == layers}
+                                   and r.get("method") == method and r.get("layers") == layers}
+    preserved = None
+    if method == "alphaedit":
+        from romevc.editing.alphaedit import PreservedKeys
+
+        preserved = PreservedKeys()
     editor.restore()
     results, seconds, norms, relative, scores, fluency, reached = [], [], [], [], [], [], []
     weight_norms = {layer: _edited_weight_norm(editor, layer) for layer in layers}
@@ -461,13 +468,19 @@ def evaluate_memit(editor, cases: Sequence, hparams, *, batch_size: int | None =
             scores.extend(_case_scores(c, stored) for c, stored in zip(batch, earlier["scores"]))
             fluency.append(earlier["neutral_nll"])
             continue
-        result = editor.compute_memit([c.request for c in batch], hparams)
+        requests = [c.request for c in batch]
+        if preserved is None:
+            result = editor.compute_memit(requests, hparams)
+        else:
+            result, keys = editor.compute_alphaedit(requests, hparams, preserved)
+            if sequential:
+                preserved.add(result.layers, keys)
         results.append(result)
         seconds.append(result.seconds)
         batch_norms = [d.norm() for d in result.deltas]
         norms.extend(batch_norms)
         relative.extend(n / weight_norms[layer] for n, layer in zip(batch_norms, result.layers))
-        record = {"kind": "batch", "method": "memit", "layer": layer_label(layers), "layers": layers,
+        record = {"kind": "batch", "method": method, "layer": layer_label(layers), "layers": layers,
                   "batch": number, "start": start, "size": len(batch),
                   "subjects": [c.request.subject for c in batch], "seconds": result.seconds,
                   "seconds_per_edit": result.seconds / len(batch), "delta_norms": batch_norms,
@@ -477,7 +490,7 @@ def evaluate_memit(editor, cases: Sequence, hparams, *, batch_size: int | None =
             end = start + len(batch)
             if any(start < c <= end for c in checkpoints):
                 so_far = [score(editor.model, editor.tokenizer, c) for c in cases[:end]]
-                reached.append({"kind": "checkpoint", "method": "memit", "layer": layer_label(layers),
+                reached.append({"kind": "checkpoint", "method": method, "layer": layer_label(layers),
                                 "edits": end, "summary": summary(so_far),
                                 "neutral_nll": neutral_nll(editor.model, editor.tokenizer)})
         else:
@@ -497,7 +510,7 @@ def evaluate_memit(editor, cases: Sequence, hparams, *, batch_size: int | None =
     editor.restore()
     nan = float("nan")
     return EvalRun(
-        method="memit", layer=layer_label(layers), sequential=sequential, summary=summary(scores),
+        method=method, layer=layer_label(layers), sequential=sequential, summary=summary(scores),
         seconds_per_edit=sum(seconds) / len(cases) if cases else nan,
         mean_delta_norm=mean(norms) if norms else nan, mean_relative_norm=mean(relative) if relative else nan,
         neutral_nll=mean(fluency) if fluency else nan, checkpoints=reached, cases=scores,
@@ -590,34 +603,42 @@ def load_dataset(path: str | Path, n: int | None = None) -> list:
     return load_counterfact(path, n)
 
 
+BATCH_METHODS = ("memit", "alphaedit")  # edit in batches over a layer range; the others edit one layer
+
+
 def run_evaluation(editor, cases: Sequence, methods: Sequence[str], layers: Sequence[int], *,
                    sequential: bool = False, progress: bool = True, checkpoints: Sequence[int] = (),
                    on_record: Callable[[dict], None] | None = None, done: Sequence[dict] = (),
-                   batch_size: int | None = None, memit_hparams=None, gen_tokens: int = GENERATION_TOKENS) -> dict:
+                   batch_size: int | None = None, memit_hparams=None, alphaedit_hparams=None,
+                   gen_tokens: int = GENERATION_TOKENS) -> dict:
     """The unedited model, then every (method, layer), on the same cases: one JSON-able report.
 
     ``"memit"`` among ``methods`` is one run over its own layer range (``memit_hparams``,
     default ``editor.memit_hparams()``), in batches of ``batch_size`` (None: all cases in
-    one batch); ``layers`` are the layers of the ROME methods. ``gen_tokens``: length of
+    one batch); ``"alphaedit"`` likewise (``alphaedit_hparams``, default
+    ``editor.alphaedit_hparams()``); ``layers``
+    are the layers of the ROME methods. ``gen_tokens``: length of
     the generation-entropy texts (0: none), for CounterFact records with generation prompts.
     """
     import time
 
     started = time.perf_counter()
-    rome_methods = [m for m in methods if m != "memit"]
-    memit_hp = (memit_hparams or editor.memit_hparams()) if "memit" in methods else None
+    rome_methods = [m for m in methods if m not in BATCH_METHODS]
+    batch_hp = {"memit": (memit_hparams or editor.memit_hparams()) if "memit" in methods else None,
+                "alphaedit": (alphaedit_hparams or editor.alphaedit_hparams()) if "alphaedit" in methods else None}
+    batch_layers = {layer for hp in batch_hp.values() if hp for layer in hp.layers}
     editor.stats.get_many(editor.model, editor.tokenizer,
-                          sorted(set(layers if rome_methods else []) | set(memit_hp.layers if memit_hp else [])))
+                          sorted(set(layers if rome_methods else []) | batch_layers))
     report = {"n": len(cases), "sequential": sequential, "dataset": "zsre" if cases and isinstance(cases[0], ZsreCase)
               else "counterfact", "unedited": evaluate_unedited(editor, cases, progress, gen_tokens),
               "unedited_neutral_nll": neutral_nll(editor.model, editor.tokenizer), "runs": []}
-    if memit_hp:
+    if batch_layers:
         report["batch_size"] = batch_size or len(cases)
     for method in methods:
-        if method == "memit":
-            run = evaluate_memit(editor, cases, memit_hp, batch_size=batch_size, sequential=sequential,
+        if method in BATCH_METHODS:
+            run = evaluate_memit(editor, cases, batch_hp[method], batch_size=batch_size, sequential=sequential,
                                  progress=progress, checkpoints=checkpoints, on_record=on_record, done=done,
-                                 gen_tokens=gen_tokens)
+                                 gen_tokens=gen_tokens, method=method)
             report["runs"].append(run.to_dict())
             continue
         for layer in layers:

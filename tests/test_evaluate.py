@@ -360,3 +360,36 @@ def test_generation_entropy_on_original_format_records(tmp_path):
     assert " GE " in render_report(report).splitlines()[1] + " "
     off = run_evaluation(editor, cases, ["r-rome"], [1], gen_tokens=0, progress=False)
     assert "GE" not in off["unedited"] and "GE" not in render_report(off)
+
+
+def test_alphaedit_in_sequence_protects_the_keys_of_earlier_batches(tmp_path):
+    """Sequential AlphaEdit batches of one: each batch sees the keys of all batches before it;
+    independent batches see none. The CLI runs it and names the method."""
+    from romevc.editing.stats import StatsCache
+    from romevc.editor import Editor
+    from romevc.evaluate import run_evaluation
+    from romevc.model import load_base
+
+    cases = load_dataset(_memit_file(tmp_path), 3)
+    editor = Editor(load_base(str(TINY_GPT2)), StatsCache(n_tokens=2000, root=tmp_path / "stats"))
+    hp = editor.alphaedit_hparams(null_space_energy=0.3, l2=1.0)  # the tiny model's d_ff is 256
+    seen = []
+
+    def spy(requests, hparams, preserved):
+        seen.append({layer: float(g.trace()) for layer, g in preserved.gram.items()})
+        return Editor.compute_alphaedit(editor, requests, hparams, preserved)
+
+    editor.compute_alphaedit = spy
+    report = run_evaluation(editor, cases, ["alphaedit"], [1], batch_size=1, sequential=True, alphaedit_hparams=hp,
+                            progress=False)
+    assert seen[0] == {} and set(seen[1]) == {0, 1} and all(seen[2][l] > seen[1][l] > 0 for l in (0, 1))
+    run = report["runs"][0]
+    assert run["method"] == "alphaedit" and run["layers"] == [0, 1] and run["summary"]["ES"] >= 66.0
+    seen.clear()
+    run_evaluation(editor, cases, ["alphaedit"], [1], batch_size=1, alphaedit_hparams=hp, progress=False)
+    assert seen == [{}, {}, {}]
+
+    result = CliRunner().invoke(cli, ["eval", str(_memit_file(tmp_path)), "--n", "2", "--method", "alphaedit",
+                                      "--tokens", "2000", "--base", str(TINY_GPT2), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["runs"][0]["method"] == "alphaedit"

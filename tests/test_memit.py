@@ -11,7 +11,8 @@ from romevc.architectures import architecture_for, as_out_in
 from romevc.editing import delta as deltas
 from romevc.editing import forward
 from romevc.editing.hparams import RomeHyperParams
-from romevc.editing.memit import batch_prompts, compute_memit, keys_and_hidden, spread_over_layers
+from romevc.editing.memit import (batch_prompts, compute_memit, keys_and_hidden, memit_layer_update,
+                                  spread_over_layers)
 from romevc.editing.memit_hparams import MemitHyperParams, memit_defaults
 from romevc.editing.request import EditRequest
 from romevc.editing.rome import build_prompts, compute_edit
@@ -100,7 +101,8 @@ def test_layers_together_reach_the_targets(tiny, tiny_stats, one_thread):
                                             dtype=torch.float64)
     moments = tiny_stats.get_many(model, tokenizer, hp.layers)
     try:
-        made = spread_over_layers(model, arch, prompts, targets, moments, hp)
+        made, _keys = spread_over_layers(model, arch, prompts, targets, hp,
+                                        memit_layer_update(moments, arch, hp.mom2_update_weight))
         _, reached = keys_and_hidden(model, arch, 2, 2, prompts)
     finally:
         deltas.restore(model)

@@ -9,12 +9,12 @@ from romevc.cli.output import emit, guarded, json_option, model_options
 @click.command(name="eval")
 @click.argument("dataset", type=click.Path(exists=True, dir_okay=False))
 @click.option("--n", "n", type=click.IntRange(min=1), default=200, show_default=True, help="Records to use.")
-@click.option("--method", "methods", type=click.Choice(["r-rome", "rome", "memit"]), multiple=True,
+@click.option("--method", "methods", type=click.Choice(["r-rome", "rome", "memit", "alphaedit"]), multiple=True,
               help="Edit method(s) (default: r-rome and rome).")
 @click.option("--layer", "layers", type=int, multiple=True,
               help="Layer(s) to edit with rome / r-rome (default: the family's). MEMIT uses its family's range.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="MEMIT: requests per batch (default: all records in one batch).")
+              help="MEMIT / AlphaEdit: requests per batch (default: all records in one batch).")
 @click.option("--sequential", is_flag=True,
               help="Apply the edits (MEMIT: the batches) one after another, then score all.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=None,
@@ -34,7 +34,8 @@ def evaluate(dataset, n, methods, layers, batch_size, sequential, checkpoint_eve
     CounterFact (original or simplified split format): ES/PS/NS, magnitudes, harmonic mean S;
     the original format's generation prompts add the generation entropy GE (fluency).
     zsRE (MEND/ROME format): teacher-forced top-1 token accuracy, as in the ROME paper's Table 1.
-    MEMIT edits the records in batches, each scored on the model carrying its batch.
+    MEMIT and AlphaEdit edit the records in batches, each scored on the model carrying its batch;
+    with --sequential, AlphaEdit's batches also protect the keys of the batches before them.
 
     Example: romevc eval ../shared/data/counterfact/counterfact-train.json --n 50 --method r-rome
     """
@@ -45,8 +46,8 @@ def evaluate(dataset, n, methods, layers, batch_size, sequential, checkpoint_eve
 
     if checkpoint_every and not sequential:
         raise click.UsageError("--checkpoint-every needs --sequential")
-    if batch_size and "memit" not in methods:
-        raise click.UsageError("--batch-size needs --method memit")
+    if batch_size and not {"memit", "alphaedit"} & set(methods):
+        raise click.UsageError("--batch-size needs --method memit or alphaedit")
     cases = load_dataset(dataset, n)
     checkpoints = range(checkpoint_every, len(cases), checkpoint_every) if checkpoint_every else ()
     editor = Editor(load_base(base, dtype=dtype, device_map=device_map), StatsCache(n_tokens=n_tokens or DEFAULT_TOKENS))

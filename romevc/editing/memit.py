@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -147,22 +147,28 @@ def layer_update(moment: SecondMoment, keys: torch.Tensor, residual: torch.Tenso
     return Delta(module, layout, u.float().cpu(), residual.float().cpu())
 
 
+# (layer, keys (n, d_in), residual (n, d_out)) -> that layer's Delta; MEMIT's is ``layer_update``
+LayerUpdate = Callable[[int, torch.Tensor, torch.Tensor], Delta]
+
+
 def spread_over_layers(model: torch.nn.Module, arch: Architecture, prompts: BatchPrompts, targets: torch.Tensor,
-                       moments: Mapping[int, SecondMoment], hp: MemitHyperParams) -> list[Delta]:
-    """One Delta per layer, each computed on the model carrying the ones below it.
+                       hp: MemitHyperParams, update: LayerUpdate) -> tuple[list[Delta], list[torch.Tensor]]:
+    """One Delta per layer, each computed on the model carrying the ones below it, and each
+    layer's keys (n, d_in) as the update saw them.
 
     The model is left carrying them too; the caller puts the weights back.
     """
     before = deltas.applied_deltas(model)
     layers, last = hp.layers, hp.layers[-1]
     made: list[Delta] = []
+    seen: list[torch.Tensor] = []
     for done, layer in enumerate(layers):
         keys, hidden = keys_and_hidden(model, arch, layer, last, prompts)
         residual = (targets - hidden.double()) / (len(layers) - done)  # (n, d_model): this layer's share
-        made.append(layer_update(moments[layer], keys, residual, arch.edited_module_name(layer), arch.layout,
-                                 hp.mom2_update_weight))
+        made.append(update(layer, keys, residual))
+        seen.append(keys)
         deltas.apply(model, [*before, *made])
-    return made
+    return made, seen
 
 
 # -- the entry point ---------------------------------------------------------------------------
@@ -190,17 +196,40 @@ def compute_memit(
     progress: bool = True,
 ) -> MemitResult:
     """Compute one MEMIT batch against the model's current weights; the model is unchanged on return."""
-    started = time.perf_counter()
     requests = tuple(requests)
+    hp, arch, moments = resolve_batch(model, tokenizer, requests, hparams or MemitHyperParams(), stats)
+    update = memit_layer_update(moments, arch, hp.mom2_update_weight)
+    result, _keys = compute_batch(model, tokenizer, requests, hp, arch, moments, update, method="memit",
+                                  templates=templates, progress=progress)
+    return result
+
+
+def memit_layer_update(moments: Mapping[int, SecondMoment], arch: Architecture, weight: float) -> LayerUpdate:
+    """MEMIT's per-layer update (:func:`layer_update`) for :func:`spread_over_layers`."""
+    return lambda layer, keys, residual: layer_update(moments[layer], keys, residual, arch.edited_module_name(layer),
+                                                      arch.layout, weight)
+
+
+def resolve_batch(model, tokenizer, requests: Sequence[EditRequest], hp: MemitHyperParams,
+                  stats: StatsCache | Mapping[int, SecondMoment]):
+    """The hyperparameters with the layer range filled in, the architecture, and each layer's C."""
     if not requests:
         raise EditRequestError("a MEMIT batch needs at least one request")
-    hp = hparams or MemitHyperParams()
     arch = architecture_for(model)
     layers = hp.layers if hp.layers is not None else memit_defaults(model)["layers"]
     for layer in layers:
         check_layer(model, layer)
-    hp = MemitHyperParams.from_dict({**hp.to_dict(), "layers": list(layers)})
-    moments = _moments(stats, model, tokenizer, arch, hp.layers)
+    hp = type(hp).from_dict({**hp.to_dict(), "layers": list(layers)})
+    return hp, arch, _moments(stats, model, tokenizer, arch, hp.layers)
+
+
+def compute_batch(model, tokenizer, requests: Sequence[EditRequest], hp: MemitHyperParams, arch: Architecture,
+                  moments: Mapping[int, SecondMoment], update: LayerUpdate, *, method: str,
+                  templates: Sequence[str] | None, progress: bool) -> tuple[MemitResult, list[torch.Tensor]]:
+    """MEMIT's pipeline with ``update`` making each layer's Delta: targets after the last
+    layer, then the layers from the bottom. Returns the result and each layer's keys."""
+    started = time.perf_counter()
+    requests = tuple(requests)
     templates = tuple(templates) if templates is not None else generate_templates(model, tokenizer, hp.seed, hp.templates)
     fingerprint = deltas.weights_fingerprint(model)
     before = deltas.applied_deltas(model)
@@ -211,7 +240,7 @@ def compute_memit(
         prompts = batch_prompts(tokenizer, requests, templates, hp.kl_prompt)
         _, hidden = keys_and_hidden(model, arch, hp.layers[-1], hp.layers[-1], prompts)
         targets, losses = optimise_targets(model, arch, prompts, hidden, hp, progress)
-        made = spread_over_layers(model, arch, prompts, targets, moments, hp)
+        made, keys = spread_over_layers(model, arch, prompts, targets, hp, update)
     finally:
         if before:
             deltas.apply(model, before)  # bit-exact: apply rebuilds from the pristine weights
@@ -219,8 +248,8 @@ def compute_memit(
             deltas.restore(model)
         model.train(was_training)
     return MemitResult(
-        requests=requests, method="memit", hparams=hp.to_dict(), seed=hp.seed, templates=templates,
+        requests=requests, method=method, hparams=hp.to_dict(), seed=hp.seed, templates=templates,
         layers=hp.layers, deltas=tuple(made), stats_ids=tuple(moments[layer].id for layer in hp.layers),
         weights_fingerprint=fingerprint, seconds=time.perf_counter() - started,
         losses=tuple(tuple(request_losses) for request_losses in losses),
-    )
+    ), keys
