@@ -458,7 +458,7 @@ def evaluate_memit(editor, cases: Sequence, hparams, *, batch_size: int | None =
     results, seconds, norms, relative, scores, fluency, reached = [], [], [], [], [], [], []
     weight_norms = {layer: _edited_weight_norm(editor, layer) for layer in layers}
     starts = range(0, len(cases), size)
-    for number, start in enumerate(tqdm(starts, desc="memit batches", disable=not progress, leave=False)):
+    for number, start in enumerate(tqdm(starts, desc=f"{method} batches", disable=not progress, leave=False)):
         batch = cases[start : start + size]
         if (start, len(batch)) in reuse:
             earlier = reuse[start, len(batch)]
