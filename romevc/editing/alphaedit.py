@@ -33,7 +33,9 @@ from romevc.errors import EditComputationError, HyperParamsError
 
 @dataclass(frozen=True)
 class AlphaEditHyperParams(MemitHyperParams):
-    null_space_energy: float = field(default=0.02, metadata={
+    # 0.1 measured on the demo model (20 sequential CounterFact edits, batches of one):
+    # 0.02 / 0.1 / 0.3 gave ES 75 / 95 / 100, PS 65 / 90 / 85, NS 70 throughout (unedited 75).
+    null_space_energy: float = field(default=0.1, metadata={
         "help": "the projection keeps the eigenvectors of C whose eigenvalues sum to at most this share of its "
                 "trace: how much of ordinary text's key energy an update may touch"})
     l2: float = field(default=10.0, metadata={"help": "α in (P(K_p K_pᵀ + K Kᵀ) + αI)⁻¹ (paper: 10)"})
