@@ -42,8 +42,11 @@ class Editor:
 
     def memit_hparams(self, **overrides) -> MemitHyperParams:
         """MEMIT's family defaults (layer range, λ) with ``overrides`` (None values ignored) on top."""
+        return self._batch_hparams(MemitHyperParams, overrides)
+
+    def _batch_hparams(self, kind: type, overrides: dict):
         base = {**memit_defaults(self.model), **{k: v for k, v in overrides.items() if v is not None}}
-        return MemitHyperParams(**base)
+        return kind(**base)
 
     def templates(self, hp: RomeHyperParams | MemitHyperParams) -> tuple[str, ...]:
         """Context templates for (base weights, seed, spec): sampled once, then reused."""
@@ -60,8 +63,7 @@ class Editor:
 
     def alphaedit_hparams(self, **overrides) -> AlphaEditHyperParams:
         """AlphaEdit's defaults: MEMIT's family range and steps, the null-space energy and α, ``overrides`` on top."""
-        base = {**memit_defaults(self.model), **{k: v for k, v in overrides.items() if v is not None}}
-        return AlphaEditHyperParams(**base)
+        return self._batch_hparams(AlphaEditHyperParams, overrides)
 
     def compute_alphaedit(self, requests: Sequence[EditRequest], hparams: AlphaEditHyperParams | None = None,
                           preserved: PreservedKeys | None = None) -> tuple[MemitResult, list]:

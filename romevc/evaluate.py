@@ -616,9 +616,9 @@ def run_evaluation(editor, cases: Sequence, methods: Sequence[str], layers: Sequ
     ``"memit"`` among ``methods`` is one run over its own layer range (``memit_hparams``,
     default ``editor.memit_hparams()``), in batches of ``batch_size`` (None: all cases in
     one batch); ``"alphaedit"`` likewise (``alphaedit_hparams``, default
-    ``editor.alphaedit_hparams()``); ``layers``
-    are the layers of the ROME methods. ``gen_tokens``: length of
-    the generation-entropy texts (0: none), for CounterFact records with generation prompts.
+    ``editor.alphaedit_hparams()``); ``layers`` are the layers of the ROME methods.
+    ``gen_tokens``: length of the generation-entropy texts (0: none), for CounterFact
+    records with generation prompts.
     """
     import time
 
