@@ -256,6 +256,7 @@ class EvalRun:
     mean_relative_norm: float  # ‖ΔW‖ / ‖W‖
     neutral_nll: float  # after the edits (sequential) or averaged over single edits (MEMIT: batches)
     checkpoints: list = field(default_factory=list)  # sequential: scores after the first n edits
+    generation_entropy: float = float("nan")  # sequential: of the texts from sequence_ge_prompts, after all edits
     cases: list = field(default_factory=list)
     layers: list | None = None  # MEMIT only: the edited layers
     batch_size: int | None = None  # MEMIT only: requests per batch
@@ -343,6 +344,7 @@ def evaluate_edits(editor, cases: Sequence, hparams, *, sequential: bool = False
 
     score, summary = _scoring(cases, gen_tokens)
     emit = on_record or (lambda record: None)
+    ge_prompts = sequence_ge_prompts(cases) if sequential else []
     reuse = {} if sequential else {r["index"]: r for r in done if r.get("kind") == "edit"
                                    and r.get("method") == hparams.method and r.get("layer") == hparams.layer}
     replay, replayed_checkpoints = _sequential_prefix(done, hparams) if sequential else ([], {})
@@ -367,7 +369,7 @@ def evaluate_edits(editor, cases: Sequence, hparams, *, sequential: bool = False
             if missing or index + 1 == len(replay):  # the model must carry the edits from here on
                 editor.apply(applied)
             if missing:
-                reached.append(_checkpoint(editor, cases[: index + 1], score, summary, hparams))
+                reached.append(_checkpoint(editor, cases[: index + 1], score, summary, hparams, ge_prompts))
                 emit(reached[-1])
             continue
         result = editor.compute(case.request, hparams)
@@ -380,7 +382,7 @@ def evaluate_edits(editor, cases: Sequence, hparams, *, sequential: bool = False
             editor.apply(applied)
             record["delta"] = delta_record(result.delta)
             if index + 1 in checkpoints:
-                reached.append(_checkpoint(editor, cases[: index + 1], score, summary, hparams))
+                reached.append(_checkpoint(editor, cases[: index + 1], score, summary, hparams, ge_prompts))
         else:
             editor.apply([result])
             scores.append(score(editor.model, editor.tokenizer, case))
@@ -390,9 +392,12 @@ def evaluate_edits(editor, cases: Sequence, hparams, *, sequential: bool = False
         emit(record)
         if reached and reached[-1]["edits"] == index + 1:
             emit(reached[-1])
+    final_ge = float("nan")
     if sequential:  # the model carries every edit: applied after each, or when the replay ended
         scores = [score(editor.model, editor.tokenizer, c) for c in cases]
-        fluency.append(neutral_nll(editor.model, editor.tokenizer))
+        after = _fluency(editor, ge_prompts)
+        fluency.append(after["neutral_nll"])
+        final_ge = after["generation_entropy"]
     weight_norm = _edited_weight_norm(editor, hparams.layer)
     editor.restore()
     nan = float("nan")
@@ -401,14 +406,36 @@ def evaluate_edits(editor, cases: Sequence, hparams, *, sequential: bool = False
         seconds_per_edit=mean(seconds) if seconds else nan, mean_delta_norm=mean(norms) if norms else nan,
         mean_relative_norm=mean(norms) / weight_norm if norms else nan,
         neutral_nll=mean(fluency) if fluency else nan, checkpoints=reached, cases=scores,
+        generation_entropy=final_ge,
     )
 
 
-def _checkpoint(editor, so_far: Sequence, score, summary, hparams) -> dict:
-    """Scores of the cases edited so far, on the model carrying their edits."""
+SEQUENCE_GE_CASES = 20  # a sequential run's fluency texts start from the prompts of its first this many cases
+
+
+def sequence_ge_prompts(cases: Sequence) -> list[str]:
+    """The prefixes of a sequential run's generation entropy: one per case of the first few.
+
+    A case's first generation prompt where the record has them (original CounterFact),
+    else its edit prompt. The same prefixes at every checkpoint, all about subjects the
+    run has edited, so the numbers show the texts degenerating as edits pile up — the
+    paper's GE, computed for sequences on the simplified split too.
+    """
+    return [case.generation_prompts[0] if getattr(case, "generation_prompts", ()) else case.request.text
+            for case in cases[:SEQUENCE_GE_CASES]]
+
+
+def _fluency(editor, ge_prompts: Sequence[str]) -> dict:
+    """The neutral paragraph's NLL and the generation entropy (bits) of texts from ``ge_prompts``."""
+    return {"neutral_nll": neutral_nll(editor.model, editor.tokenizer),
+            "generation_entropy": generation_entropy(editor.model, editor.tokenizer, ge_prompts)}
+
+
+def _checkpoint(editor, so_far: Sequence, score, summary, hparams, ge_prompts: Sequence[str]) -> dict:
+    """Scores of the cases edited so far, and the model's fluency, on the model carrying their edits."""
     return {"kind": "checkpoint", "method": hparams.method, "layer": hparams.layer, "edits": len(so_far),
             "summary": summary([score(editor.model, editor.tokenizer, c) for c in so_far]),
-            "neutral_nll": neutral_nll(editor.model, editor.tokenizer)}
+            **_fluency(editor, ge_prompts)}
 
 
 def _case_scores(case, stored: dict):
@@ -449,6 +476,7 @@ def evaluate_memit(editor, cases: Sequence, hparams, *, batch_size: int | None =
     size = batch_size or max(1, len(cases))
     reuse = {} if sequential else {(r["start"], r["size"]): r for r in done if r.get("kind") == "batch"
                                    and r.get("method") == method and r.get("layers") == layers}
+    ge_prompts = sequence_ge_prompts(cases) if sequential else []
     preserved = None
     if method == "alphaedit":
         from romevc.editing.alphaedit import PreservedKeys
@@ -491,8 +519,7 @@ def evaluate_memit(editor, cases: Sequence, hparams, *, batch_size: int | None =
             if any(start < c <= end for c in checkpoints):
                 so_far = [score(editor.model, editor.tokenizer, c) for c in cases[:end]]
                 reached.append({"kind": "checkpoint", "method": method, "layer": layer_label(layers),
-                                "edits": end, "summary": summary(so_far),
-                                "neutral_nll": neutral_nll(editor.model, editor.tokenizer)})
+                                "edits": end, "summary": summary(so_far), **_fluency(editor, ge_prompts)})
         else:
             editor.apply([result])
             batch_scores = [score(editor.model, editor.tokenizer, c) for c in batch]
@@ -504,9 +531,12 @@ def evaluate_memit(editor, cases: Sequence, hparams, *, batch_size: int | None =
         emit(record)
         if sequential and reached and reached[-1]["edits"] == start + len(batch):
             emit(reached[-1])
+    final_ge = float("nan")
     if sequential:
         scores = [score(editor.model, editor.tokenizer, c) for c in cases]
-        fluency.append(neutral_nll(editor.model, editor.tokenizer))
+        after = _fluency(editor, ge_prompts)
+        fluency.append(after["neutral_nll"])
+        final_ge = after["generation_entropy"]
     editor.restore()
     nan = float("nan")
     return EvalRun(
@@ -514,7 +544,7 @@ def evaluate_memit(editor, cases: Sequence, hparams, *, batch_size: int | None =
         seconds_per_edit=sum(seconds) / len(cases) if cases else nan,
         mean_delta_norm=mean(norms) if norms else nan, mean_relative_norm=mean(relative) if relative else nan,
         neutral_nll=mean(fluency) if fluency else nan, checkpoints=reached, cases=scores,
-        layers=layers, batch_size=size,
+        layers=layers, batch_size=size, generation_entropy=final_ge,
     )
 
 
@@ -632,6 +662,9 @@ def run_evaluation(editor, cases: Sequence, methods: Sequence[str], layers: Sequ
     report = {"n": len(cases), "sequential": sequential, "dataset": "zsre" if cases and isinstance(cases[0], ZsreCase)
               else "counterfact", "unedited": evaluate_unedited(editor, cases, progress, gen_tokens),
               "unedited_neutral_nll": neutral_nll(editor.model, editor.tokenizer), "runs": []}
+    if sequential:
+        report["unedited_generation_entropy"] = generation_entropy(editor.model, editor.tokenizer,
+                                                                   sequence_ge_prompts(cases))
     if batch_layers:
         report["batch_size"] = batch_size or len(cases)
     for method in methods:
@@ -655,6 +688,8 @@ def render_report(report: dict) -> str:
 
     A MEMIT row's layer is its range and its s/edit the batch's seconds over its size; GE
     (100 × generation entropy in bits) appears when the records carried generation prompts.
+    A sequential run adds GE20: 100 × the generation entropy of the texts sampled from its
+    first 20 cases' prompts (:func:`sequence_ge_prompts`), at each checkpoint and the end.
     """
     batches = f"MEMIT: batches of {report['batch_size']}" if "batch_size" in report else ""
     if report["sequential"]:
@@ -668,18 +703,22 @@ def render_report(report: dict) -> str:
     names = ("Eff", "Para", "Spec") if zsre else keys
     lines = [f"{report['dataset']}: {report['n']} records, {mode}, {report['seconds']:.0f} s",
              f"{'method':9} {'layer':>5} " + " ".join(f"{k:>6}" for k in names)
-             + f" {'s/edit':>7} {'|dW|':>7} {'|dW|/|W|':>8} {'textNLL':>7}"]
-
-    def row(name, layer, summary, sec, norm, rel, nll):
-        return (f"{name:9} {layer:>5} " + " ".join(f"{summary.get(k, float('nan')):6.1f}" for k in keys)
-                + f" {sec:7.1f} {norm:7.2f} {rel:8.3f} {nll:7.3f}")
-
+             + f" {'s/edit':>7} {'|dW|':>7} {'|dW|/|W|':>8} {'textNLL':>7}"
+             + (f" {'GE20':>6}" if "unedited_generation_entropy" in report else "")]
     nan = float("nan")
-    lines.append(row("unedited", "-", report["unedited"], nan, nan, nan, report["unedited_neutral_nll"]))
+
+    def row(name, layer, summary, sec, norm, rel, nll, ge=None):
+        return (f"{name:9} {layer:>5} " + " ".join(f"{summary.get(k, nan):6.1f}" for k in keys)
+                + f" {sec:7.1f} {norm:7.2f} {rel:8.3f} {nll:7.3f}" + ("" if ge is None else f" {100 * ge:6.1f}"))
+
+    sequence = "unedited_generation_entropy" in report
+    ge = (lambda point: point.get("generation_entropy", nan)) if sequence else (lambda point: None)
+    lines.append(row("unedited", "-", report["unedited"], nan, nan, nan, report["unedited_neutral_nll"],
+                     report["unedited_generation_entropy"] if sequence else None))
     for run in report["runs"]:
         for point in run.get("checkpoints", []):
             lines.append(row(f"{run['method']}@{point['edits']}", str(run["layer"]), point["summary"],
-                             nan, nan, nan, point["neutral_nll"]))
+                             nan, nan, nan, point["neutral_nll"], ge(point)))
         lines.append(row(run["method"], str(run["layer"]), run["summary"], run["seconds_per_edit"],
-                         run["mean_delta_norm"], run["mean_relative_norm"], run["neutral_nll"]))
+                         run["mean_delta_norm"], run["mean_relative_norm"], run["neutral_nll"], ge(run)))
     return "\n".join(lines)

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from romevc.cli import cli
 from romevc.editing.request import EditRequest
-from romevc.evaluate import (CaseScores, CounterFactCase, load_dataset, score_case, summarise, token_accuracy)
+from romevc.evaluate import (CaseScores, CounterFactCase, load_dataset, render_report, score_case, summarise,
+                             token_accuracy)
 from tests.conftest import TINY_GPT2
 
 
@@ -127,6 +128,24 @@ def test_sequential_checkpoints_and_records_on_the_tiny_model(tmp_path):
     assert [r["kind"] for r in records] == ["edit", "checkpoint", "edit", "checkpoint", "edit"]
     assert [r["index"] for r in records if r["kind"] == "edit"] == [0, 1, 2]
     json.dumps(records)  # every record is JSON-able as it is written
+    # fluency after 1, 2 and all edits, and before any: texts from the same prefixes every time
+    entropies = [p["generation_entropy"] for p in run["checkpoints"]] + [run["generation_entropy"],
+                                                                         report["unedited_generation_entropy"]]
+    assert all(0 < e < 20 for e in entropies), entropies
+    assert "GE20" in render_report(report).splitlines()[1]
+
+
+def test_sequence_ge_prompts_prefer_generation_prompts():
+    """A sequential run's fluency prefixes: each of the first 20 cases' generation prompt, else its edit prompt."""
+    from romevc.evaluate import sequence_ge_prompts
+
+    def case(i, generation=()):
+        return CounterFactCase(i, EditRequest(f"{{}} number {i} is in", f"S{i}", "Rome"), (), (), generation)
+
+    cases = [case(0, ("Some text about S0",)), *(case(i) for i in range(1, 30))]
+    prompts = sequence_ge_prompts(cases)
+    assert len(prompts) == 20
+    assert prompts[0] == "Some text about S0" and prompts[1] == "S1 number 1 is in"
 
 
 def test_one_at_a_time_run_resumes_from_its_records(tmp_path):
