@@ -168,6 +168,34 @@ def test_checkout_of_any_commit_is_path_independent(make_repo):
     assert weights_fingerprint(model) == weights_fingerprint_of(repo.info.base_fingerprint, repo.records("HEAD"))
 
 
+def test_a_fresh_checkout_gives_the_same_bits_as_a_warm_one(tmp_path, make_repo):
+    """A closed repository's first checkout (base loaded, then the set applied) equals a switch in an open one."""
+    repo = make_repo()
+    ids = [repo.edit(r, time=i).commit.id for i, r in enumerate((A, B, C))]
+    warm = {c: state(repo, c) for c in ids}
+    repo.close()
+    for c in ids:
+        with Repo.open(tmp_path / "repo") as again:
+            assert_same_weights(state(again, c), warm[c])
+            assert top(again, c, A) == top(repo, c, A)  # the tokenizer is there and the model answers
+
+
+def test_a_fresh_checkout_refuses_an_edit_set_that_does_not_fit_and_changes_no_weight(tmp_path, make_repo):
+    from romevc.ledger import StoredDelta
+
+    repo = make_repo()
+    head = repo.edit(A, time=1).commit.id
+    repo.close()
+    with Repo.open(tmp_path / "repo") as again:
+        stored = again.ledger.deltas_of(head)[0]
+        alien = StoredDelta("f" * 64, "transformer.h.0.no_such_module", stored.layout, stored.rank,
+                            stored.d_in, stored.d_out, stored.u, stored.v)
+        with pytest.raises(BaseMismatchError, match="cannot apply this edit set.*no module"):
+            again.workspace.checkout([alien])
+        assert_same_weights(state(again, None), state(repo, None))  # every module was checked before any write
+        assert_same_weights(state(again, head), state(repo, head))
+
+
 def test_detached_head_refuses_to_commit_and_checkout_moves_head(make_repo):
     repo = make_repo()
     first = repo.edit(A, time=1).commit.id
