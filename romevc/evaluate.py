@@ -22,6 +22,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Callable, Iterable, Sequence
 
+from romevc.editing.memit_hparams import BATCH_METHODS
 from romevc.editing.request import EditRequest
 from romevc.errors import EditRequestError, RomevcError
 from romevc.predict import target_nll
@@ -633,7 +634,6 @@ def load_dataset(path: str | Path, n: int | None = None) -> list:
     return load_counterfact(path, n)
 
 
-BATCH_METHODS = ("memit", "alphaedit")  # edit in batches over a layer range; the others edit one layer
 
 
 def run_evaluation(editor, cases: Sequence, methods: Sequence[str], layers: Sequence[int], *,

@@ -33,13 +33,14 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 from tqdm.auto import tqdm
 
 from romevc.editing.hparams import METHODS, RomeHyperParams
-from romevc.editing.memit_hparams import MemitHyperParams
+from romevc.editing.memit_hparams import BATCH_METHODS, MemitHyperParams
 from romevc.editing.request import EditRequest
 from romevc.errors import RomevcError
 from romevc.ledger import (
     KIND_EDIT, KIND_REVERT, CommitRecord, EditRecord, Head, Ledger, RepoInfo, StatsMeta, branch_ref,
     default_url,
 )
+from romevc.ledger.objects import canonical_json
 from romevc.porcelain import batch, branches, history, reading
 from romevc.porcelain.config import CONFIG_FILE, DOT_DIR, RepoConfig, clock, create, find_root, repo_info
 from romevc.porcelain.errors import (
@@ -61,6 +62,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 KIND_APPLY = "apply"  # one commit of a whole edit set
+
+
+def preserved_requests(records: Sequence[EditRecord]) -> list[EditRequest]:
+    """The distinct requests of ``records`` in order: what an AlphaEdit batch on their
+    weights protects (a MEMIT batch's pieces share one request per fact)."""
+    seen: dict[str, EditRequest] = {}
+    for record in records:
+        request = EditRequest.from_dict(record.request)
+        seen.setdefault(canonical_json(request.to_dict()), request)
+    return list(seen.values())
 
 
 def _request(value: EditRequest | Mapping[str, Any]) -> EditRequest:
@@ -239,10 +250,17 @@ class Repo:
         if sorted(requests) != list(range(size)) or have != {(i, l) for i in range(size) for l in layers}:
             raise RecomputeError(f"MEMIT batch {short(first.hparams[BATCH]['id'])} is incomplete here "
                                  f"({len(have)} of {size} × {len(layers)} pieces); it can be recomputed only whole")
-        hparams = MemitHyperParams.from_dict({k: v for k, v in first.hparams.items() if k != BATCH})
+        settings = {k: v for k, v in first.hparams.items() if k != BATCH}
+        batch_requests = [EditRequest.from_dict(requests[i]) for i in range(size)]
         self.workspace.checkout(on)
-        result = self.workspace.compute_memit([EditRequest.from_dict(requests[i]) for i in range(size)], hparams,
-                                              templates=first.templates)
+        if first.method == "alphaedit":
+            from romevc.editing.alphaedit import AlphaEditHyperParams
+
+            result = self.workspace.compute_alphaedit(batch_requests, AlphaEditHyperParams.from_dict(settings),
+                                                      preserve=preserved_requests(on), templates=first.templates)
+        else:
+            result = self.workspace.compute_memit(batch_requests, MemitHyperParams.from_dict(settings),
+                                                  templates=first.templates)
         again = {(r.hparams[BATCH]["index"], r.layer): r
                  for r in records_from_memit(result, author=first.author, time=first.time)}
         return [again[p.hparams[BATCH]["index"], p.layer] for p in pieces]
@@ -332,13 +350,18 @@ class Repo:
 
     def edit_memit(self, requests: str | Path | Sequence[EditRequest | Mapping[str, Any]],
                    hparams: Mapping[str, Any] | MemitHyperParams | None = None, *, message: str | None = None,
-                   author: str | None = None, time: int | None = None, tz: int | None = None) -> Committed:
+                   author: str | None = None, time: int | None = None, tz: int | None = None,
+                   method: str = "memit") -> Committed:
         """Compute ``requests`` (a JSONL file or a list) as one MEMIT batch on HEAD's weights; commit it once.
 
         The commit adds one rank-one record per (request, layer), request-major; together
         they are exactly the batch's update. Batch-wide settings come from ``hparams``
         (MEMIT's family defaults otherwise); a file line carrying hyperparameters is refused.
+        ``method="alphaedit"``: an AlphaEdit batch, which also leaves the keys of every edit
+        HEAD already carries alone (:func:`preserved_requests`).
         """
+        if method not in BATCH_METHODS:
+            raise EditSetError(f"unknown batch method {method!r}: use one of {', '.join(BATCH_METHODS)}")
         if isinstance(requests, (str, Path)):
             lines = batch.read_requests(requests)
             for line in lines:
@@ -354,20 +377,25 @@ class Repo:
         branch, _ = self._branch_head()
         t, offset = clock(time, tz)
         editor = self.workspace.editor  # load the base first: a load error is not a request's fault
-        hp = hparams if isinstance(hparams, MemitHyperParams) else editor.memit_hparams(**dict(hparams or {}))
+        make = editor.alphaedit_hparams if method == "alphaedit" else editor.memit_hparams
+        hp = hparams if isinstance(hparams, MemitHyperParams) else make(**dict(hparams or {}))
 
         def attempt(parent: str | None) -> Committed:
             records = self.records(parent)
             self.workspace.checkout(records)
-            result = self.workspace.compute_memit(requests, hp)
+            if method == "alphaedit":
+                result = self.workspace.compute_alphaedit(requests, hp, preserve=preserved_requests(records))
+            else:
+                result = self.workspace.compute_memit(requests, hp)
             new = records_from_memit(result, author=self._author(author), time=t)
+            name = "AlphaEdit" if method == "alphaedit" else "MEMIT"
             title = (requests[0].fact() if len(requests) == 1
-                     else f"Edit {len(requests)} facts with MEMIT (layers {layer_range(result.layers)})")
+                     else f"Edit {len(requests)} facts with {name} (layers {layer_range(result.layers)})")
             default = title + "\n\n" + "\n".join(f"- {r.fact()}" for r in requests) if len(requests) > 1 else title
             commit = self._commit([parent], records + new, message or default, KIND_EDIT, author, t, offset)
             self._write(branch, parent, new, [commit])
             return Committed(commit, collapse(new, [False] * len(new)), branch)
-        return self._on_moving_branch(branch, "the MEMIT batch", attempt)
+        return self._on_moving_branch(branch, f"the {method} batch", attempt)
 
     def apply(self, editset: str | Path, *, recompute: bool = False, message: str | None = None,
               author: str | None = None, time: int | None = None, tz: int | None = None) -> Committed:

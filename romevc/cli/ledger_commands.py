@@ -160,13 +160,16 @@ def _render_committed(items: list[dict], sign: str = "+") -> str:
 @click.option("--subject", default=None, help="The subject, as it appears in the prompt.")
 @click.option("--target", "target_new", default=None, help="The new object.")
 @click.option("--target-true", default=None, help="The current object (for reports).")
-@click.option("--method", type=click.Choice(["r-rome", "rome", "memit"]), default=None,
-              help="Edit method (default r-rome); memit computes all requests as one batch, one commit.")
+@click.option("--method", type=click.Choice(["r-rome", "rome", "memit", "alphaedit"]), default=None,
+              help="Edit method (default r-rome); memit and alphaedit compute all requests as one batch, one "
+                   "commit (alphaedit also protects the keys of the edits HEAD carries).")
 @click.option("--layer", type=int, default=None, help="Layer to edit (default: the family's).")
 @click.option("--layers", "layers_text", default=None, metavar="RANGE",
-              help="memit: the layers to spread the batch over, as 3-5 or 3,4,5 (default: the family's).")
+              help="memit/alphaedit: the layers to spread the batch over, as 3-5 or 3,4,5 (default: the family's).")
 @click.option("--mom2-update-weight", type=float, default=None,
               help="memit: λ, how hard the update protects ordinary text's keys (default: the family's).")
+@click.option("--null-space-energy", type=float, default=None,
+              help="alphaedit: the share of ordinary text's key energy an update may touch (default 0.1).")
 @click.option("--seed", type=int, default=None, help="Seed of the context templates (default 0).")
 @click.option("--prompt-key/--no-prompt-key", default=None,
               help="r-rome: also map the bare prompt's own key (default on; off = Gupta et al.'s single key).")
@@ -177,13 +180,15 @@ def _render_committed(items: list[dict], sign: str = "+") -> str:
 @repo_option
 @json_option
 @guarded
-def edit(prompt, subject, target_new, target_true, method, layer, layers_text, mom2_update_weight, seed, prompt_key,
-         message, batch_file, base, dtype, device_map, repo_path, as_json):
+def edit(prompt, subject, target_new, target_true, method, layer, layers_text, mom2_update_weight, null_space_energy,
+         seed, prompt_key, message, batch_file, base, dtype, device_map, repo_path, as_json):
     """Rewrite one fact and commit it on the current branch.
 
     Outside a repository the edit is computed on --base and shown before/after, not saved.
     With --method memit --batch FILE, all of FILE's requests are computed as one MEMIT batch
-    on HEAD's weights and committed as one commit (-m sets its message).
+    on HEAD's weights and committed as one commit (-m sets its message); --method alphaedit
+    does the same with AlphaEdit's null-space projection, protecting the keys of every edit
+    HEAD already carries.
 
     Example: romevc edit --prompt "{} is located in the city of" --subject "The Eiffel Tower" --target Rome
     """
@@ -191,25 +196,31 @@ def edit(prompt, subject, target_new, target_true, method, layer, layers_text, m
     from romevc.ledger.errors import NotARepositoryError
     from romevc.repo import Repo
 
-    memit = method == "memit"
+    from romevc.editing.memit_hparams import BATCH_METHODS
+
+    memit = method in BATCH_METHODS
     overrides = {"method": method, "layer": layer, "seed": seed, "prompt_key": prompt_key}
     if batch_file is None and not (prompt and subject and target_new):
         raise click.UsageError("give --prompt, --subject and --target (or --batch FILE)")
     if batch_file is not None and (prompt or subject or target_new or (message and not memit)):
         raise click.UsageError("--batch takes its requests and messages from the file; drop --prompt/--subject/--target/-m")
     if memit and layer is not None:
-        raise click.UsageError("--method memit spreads the batch over --layers (e.g. 3-5); drop --layer")
-    if prompt_key is not None and method in ("rome", "memit"):
+        raise click.UsageError(f"--method {method} spreads the batch over --layers (e.g. 3-5); drop --layer")
+    if prompt_key is not None and method in ("rome", *BATCH_METHODS):
         raise click.UsageError("--prompt-key/--no-prompt-key is an r-rome setting")
-    if not memit and (layers_text is not None or mom2_update_weight is not None):
-        raise click.UsageError("--layers and --mom2-update-weight are memit settings; add --method memit")
+    if not memit and layers_text is not None:
+        raise click.UsageError("--layers is a memit/alphaedit setting; add --method memit or --method alphaedit")
+    if mom2_update_weight is not None and method != "memit":
+        raise click.UsageError("--mom2-update-weight is a memit setting; add --method memit")
+    if null_space_energy is not None and method != "alphaedit":
+        raise click.UsageError("--null-space-energy is an alphaedit setting; add --method alphaedit")
     try:
         repo = Repo.open(repo_path)
     except NotARepositoryError:
         repo = None
     if repo is None:
         if batch_file is not None or memit:
-            raise UserError(f"{'--batch' if batch_file else '--method memit'} needs a repository to commit to; "
+            raise UserError(f"{'--batch' if batch_file else '--method ' + method} needs a repository to commit to; "
                             "run `romevc init` first")
         from romevc.cli.model_commands import _load
 
@@ -225,9 +236,11 @@ def edit(prompt, subject, target_new, target_true, method, layer, layers_text, m
         if base is not None:
             raise UserError(f"this repository's base is {repo.info.base_id}; --base only applies outside a repository")
         if memit:
-            settings = {"layers": parse_layers(layers_text), "mom2_update_weight": mom2_update_weight, "seed": seed}
+            settings = {"layers": parse_layers(layers_text), "mom2_update_weight": mom2_update_weight,
+                        "null_space_energy": null_space_energy, "seed": seed}
             requests = batch_file if batch_file is not None else [EditRequest(prompt, subject, target_new, target_true)]
-            made = repo.edit_memit(requests, {k: v for k, v in settings.items() if v is not None}, message=message)
+            made = repo.edit_memit(requests, {k: v for k, v in settings.items() if v is not None}, message=message,
+                                   method=method)
             emit(made.to_dict(), as_json, lambda d: _render_committed([d]))
             return
         if batch_file is not None:

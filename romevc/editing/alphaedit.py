@@ -22,12 +22,14 @@ from typing import Mapping, Sequence
 
 import torch
 
+from romevc.architectures import Architecture
 from romevc.editing.delta import Delta
-from romevc.editing.memit import compute_batch, resolve_batch
+from romevc.editing.memit import batch_prompts, compute_batch, keys_and_hidden, resolve_batch
 from romevc.editing.memit_hparams import MemitHyperParams
 from romevc.editing.request import EditRequest
 from romevc.editing.result import MemitResult
 from romevc.editing.stats import SecondMoment, StatsCache
+from romevc.editing.templates import generate_templates
 from romevc.errors import EditComputationError, HyperParamsError
 
 
@@ -83,6 +85,24 @@ class PreservedKeys:
         return self.gram.get(layer, torch.zeros(d_in, d_in, dtype=torch.float64))
 
 
+PRESERVE_CHUNK = 32  # earlier requests per forward pass when their keys are computed
+
+
+@torch.no_grad()
+def add_request_keys(preserved: PreservedKeys, model: torch.nn.Module, tokenizer, arch: Architecture,
+                     requests: Sequence[EditRequest], layers: Sequence[int], templates: Sequence[str],
+                     kl_prompt: str) -> None:
+    """Add the keys of ``requests`` at each of ``layers``, on the model as it is now.
+
+    How a ledger protects a branch's earlier edits without storing keys: their requests
+    are keyed with this batch's templates on the weights that carry them, which gives
+    the same numbers every time the batch is recomputed on those weights.
+    """
+    for start in range(0, len(requests), PRESERVE_CHUNK):
+        prompts = batch_prompts(tokenizer, requests[start : start + PRESERVE_CHUNK], templates, kl_prompt)
+        preserved.add(layers, [keys_and_hidden(model, arch, layer, layer, prompts)[0] for layer in layers])
+
+
 def projected_update(projector: torch.Tensor, preserved: torch.Tensor, keys: torch.Tensor, residual: torch.Tensor,
                      l2: float, module: str, layout: str) -> Delta:
     """ΔW = R Kᵀ P (P(K_p K_pᵀ + K Kᵀ) + αI)⁻¹ as a rank-n Delta: u = (A⁻¹ P Kᵀ)ᵀ, v = R."""
@@ -102,13 +122,25 @@ def compute_alphaedit(
     *,
     stats: StatsCache | Mapping[int, SecondMoment],
     preserved: PreservedKeys | None = None,
+    preserve: Sequence[EditRequest] = (),
     templates: Sequence[str] | None = None,
     progress: bool = True,
 ) -> tuple[MemitResult, list[torch.Tensor]]:
     """One AlphaEdit batch against the model's current weights (the model is unchanged on
-    return), and each layer's keys: pass them to ``preserved.add`` before the next batch."""
+    return), and each layer's keys: pass them to ``preserved.add`` before the next batch.
+
+    Protected: the keys in ``preserved`` (a run that carries them), and those of the
+    requests in ``preserve`` computed now (:func:`add_request_keys`; what the ledger does).
+    """
     requests = tuple(requests)
     hp, arch, moments = resolve_batch(model, tokenizer, requests, hparams or AlphaEditHyperParams(), stats)
+    if preserve:
+        templates = tuple(templates) if templates is not None else generate_templates(model, tokenizer, hp.seed,
+                                                                                     hp.templates)
+        carried = preserved
+        preserved = PreservedKeys()
+        preserved.gram.update(carried.gram if carried else {})  # add() rebinds, so the caller's stays as it was
+        add_request_keys(preserved, model, tokenizer, arch, tuple(preserve), hp.layers, templates, hp.kl_prompt)
     preserved = preserved or PreservedKeys()
 
     def update(layer: int, keys: torch.Tensor, residual: torch.Tensor) -> Delta:

@@ -31,6 +31,7 @@ _PAPER = {
 # The subjects' keys have kᵀC⁻¹k of 2,500-17,000 here, so the paper's λ = 15000 lets each layer
 # carry only a fraction of its share. 3-5 (around ROME's layer 4) generalises best; λ = 1500
 # reaches every fact with smaller updates than 500 (‖ΔW‖ of layer 3: 14.1 against 17.3).
+BATCH_METHODS = ("memit", "alphaedit")  # edit in batches spread over a layer range; the others edit one layer
 SMOLLM2_135M_LAYERS = (3, 4, 5)
 SMOLLM2_135M_UPDATE_WEIGHT = 1500.0
 DEFAULT_SPAN = 5  # elsewhere: the five layers ending at ROME's layer, like the paper's GPT-2 XL range

@@ -251,3 +251,14 @@ class Workspace:
             return editor.compute_memit(requests, hparams)
         return compute_memit(editor.model, editor.tokenizer, requests, hparams, stats=editor.stats,
                              templates=tuple(templates))
+
+    def compute_alphaedit(self, requests, hparams, *, preserve: Sequence = (),
+                          templates: Sequence[str] | None = None) -> MemitResult:
+        """One AlphaEdit batch on the weights checked out now, leaving the keys of the ``preserve``
+        requests (the edits those weights carry) alone; stored ``templates`` make a recompute exact."""
+        from romevc.editing.alphaedit import compute_alphaedit
+
+        editor = self.editor
+        result, _keys = compute_alphaedit(editor.model, editor.tokenizer, requests, hparams, stats=editor.stats,
+                                          preserve=preserve, templates=tuple(templates) if templates else None)
+        return result
