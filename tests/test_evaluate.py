@@ -412,3 +412,20 @@ def test_alphaedit_in_sequence_protects_the_keys_of_earlier_batches(tmp_path):
                                       "--tokens", "2000", "--base", str(TINY_GPT2), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["runs"][0]["method"] == "alphaedit"
+
+
+def test_target_nll_reads_the_head_only_where_needed_and_agrees_with_the_full_logits(tiny):
+    """The head applied at the targets' positions gives the NLLs that full logits give."""
+    from romevc.predict import target_nll
+
+    model, tokenizer = tiny.model, tiny.tokenizer
+    prompts, targets = ["Tomas Varek lives in", "The capital of", "x"], ["Rome", "the old town", "Paris and Oslo"]
+    got = target_nll(model, tokenizer, prompts, targets)
+    for prompt, target, nll in zip(prompts, targets, got):
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        ids = torch.tensor([prompt_ids + tokenizer(" " + target)["input_ids"]])
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(input_ids=ids).logits.float(), -1)[0]
+        n = ids.shape[1] - len(prompt_ids)
+        want = -log_probs[torch.arange(len(prompt_ids) - 1, ids.shape[1] - 1), ids[0, len(prompt_ids):]].mean()
+        assert n >= 1 and math.isclose(nll, float(want), rel_tol=1e-5, abs_tol=1e-6)
