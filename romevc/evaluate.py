@@ -11,6 +11,7 @@ its n-gram entropy (see :func:`ngram_entropy`); a model that repeats itself scor
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import logging
@@ -660,11 +661,8 @@ def run_evaluation(editor, cases: Sequence, methods: Sequence[str], layers: Sequ
     editor.stats.get_many(editor.model, editor.tokenizer,
                           sorted(set(layers if rome_methods else []) | batch_layers))
     report = {"n": len(cases), "sequential": sequential, "dataset": "zsre" if cases and isinstance(cases[0], ZsreCase)
-              else "counterfact", "unedited": evaluate_unedited(editor, cases, progress, gen_tokens),
-              "unedited_neutral_nll": neutral_nll(editor.model, editor.tokenizer), "runs": []}
-    if sequential:
-        report["unedited_generation_entropy"] = generation_entropy(editor.model, editor.tokenizer,
-                                                                   sequence_ge_prompts(cases))
+              else "counterfact", **_unedited(editor, cases, sequential, progress, gen_tokens, on_record, done),
+              "runs": []}
     if batch_layers:
         report["batch_size"] = batch_size or len(cases)
     for method in methods:
@@ -681,6 +679,28 @@ def run_evaluation(editor, cases: Sequence, methods: Sequence[str], layers: Sequ
             report["runs"].append(run.to_dict())
     report["seconds"] = time.perf_counter() - started
     return report
+
+
+def _unedited(editor, cases: Sequence, sequential: bool, progress: bool, gen_tokens: int,
+              on_record: Callable[[dict], None] | None, done: Sequence[dict]) -> dict:
+    """The unedited model's report fields, from an ``unedited`` record in ``done`` made for
+    the same cases (a resumed run need not score the unedited model again), else measured
+    and passed to ``on_record``."""
+    cases_id = hashlib.sha256(repr([c.request.to_dict() for c in cases]).encode()).hexdigest()
+    for record in done:
+        if (record.get("kind") == "unedited" and record.get("cases") == cases_id
+                and record.get("gen_tokens") == gen_tokens
+                and (not sequential or "unedited_generation_entropy" in record)):
+            fields = {k: v for k, v in record.items() if k.startswith("unedited")}
+            return fields if sequential else {k: v for k, v in fields.items() if k != "unedited_generation_entropy"}
+    fields = {"unedited": evaluate_unedited(editor, cases, progress, gen_tokens),
+              "unedited_neutral_nll": neutral_nll(editor.model, editor.tokenizer)}
+    if sequential:
+        fields["unedited_generation_entropy"] = generation_entropy(editor.model, editor.tokenizer,
+                                                                   sequence_ge_prompts(cases))
+    if on_record:
+        on_record({"kind": "unedited", "cases": cases_id, "gen_tokens": gen_tokens, **fields})
+    return fields
 
 
 def render_report(report: dict) -> str:

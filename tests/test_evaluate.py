@@ -123,9 +123,12 @@ def test_sequential_checkpoints_and_records_on_the_tiny_model(tmp_path):
     report = run_evaluation(editor, cases, ["r-rome"], [1], sequential=True, checkpoints=[1, 2],
                             on_record=records.append, progress=False)
     run = report["runs"][0]
+    # a different set of cases does not take another run's unedited scores
+    other = run_evaluation(editor, cases[:2], ["r-rome"], [1], sequential=True, progress=False, done=records)
+    assert other["unedited"]["n"] == 2
     assert [p["edits"] for p in run["checkpoints"]] == [1, 2]
     assert [p["summary"]["n"] for p in run["checkpoints"]] == [1, 2]
-    assert [r["kind"] for r in records] == ["edit", "checkpoint", "edit", "checkpoint", "edit"]
+    assert [r["kind"] for r in records] == ["unedited", "edit", "checkpoint", "edit", "checkpoint", "edit"]
     assert [r["index"] for r in records if r["kind"] == "edit"] == [0, 1, 2]
     json.dumps(records)  # every record is JSON-able as it is written
     # fluency after 1, 2 and all edits, and before any: texts from the same prefixes every time
@@ -163,10 +166,12 @@ def test_one_at_a_time_run_resumes_from_its_records(tmp_path):
     computed = []
     editor.compute = lambda request, hparams: computed.append(request) or Editor.compute(editor, request, hparams)
     again: list[dict] = []
-    resumed = run_evaluation(editor, cases, ["r-rome"], [1], on_record=again.append, progress=False, done=first[:2])
+    assert first[0]["kind"] == "unedited"
+    resumed = run_evaluation(editor, cases, ["r-rome"], [1], on_record=again.append, progress=False, done=first[:3])
     assert [r.subject for r in computed] == [cases[2].request.subject]
-    assert [r["index"] for r in again] == [2]
+    assert [r["index"] for r in again] == [2]  # the unedited scores were reused too: no record for them
     assert resumed["runs"][0]["summary"] == full["runs"][0]["summary"]
+    assert resumed["unedited"] == full["unedited"] and resumed["unedited_neutral_nll"] == full["unedited_neutral_nll"]
 
 
 @pytest.mark.parametrize("cut", [1, 2, 3])
@@ -183,8 +188,8 @@ def test_sequential_run_resumes_by_replaying_stored_deltas(tmp_path, cut):
     first: list[dict] = []
     full = run_evaluation(editor, cases, ["r-rome"], [1], sequential=True, checkpoints=[2],
                           on_record=first.append, progress=False)
-    kept = [r for r in first if r["kind"] == "checkpoint" or r["index"] < cut]
-    kept = [r for r in kept if r["kind"] == "edit" or r["edits"] <= cut]
+    kept = [r for r in first if r["kind"] != "edit" or r["index"] < cut]
+    kept = [r for r in kept if r["kind"] != "checkpoint" or r["edits"] <= cut]
     computed = []
     editor.compute = lambda request, hparams: computed.append(request) or Editor.compute(editor, request, hparams)
     again: list[dict] = []
@@ -197,7 +202,8 @@ def test_sequential_run_resumes_by_replaying_stored_deltas(tmp_path, cut):
         assert before["delta"] == after["delta"]  # computed on bit-identical weights
     assert resumed["runs"][0]["summary"] == full["runs"][0]["summary"]
     assert resumed["runs"][0]["checkpoints"] == full["runs"][0]["checkpoints"]
-    delta = delta_from_record(first[0]["delta"])
+    assert resumed["unedited_generation_entropy"] == full["unedited_generation_entropy"]
+    delta = delta_from_record(first[1]["delta"])
     assert delta.u.dtype == torch.float32 and delta.module == "transformer.h.1.mlp.c_proj"
 
 
@@ -269,6 +275,8 @@ def test_memit_batches_are_independent_unless_sequential(tmp_path):
     assert [[r.subject for r in c.requests] for c in computed] == [[cases[0].request.subject, cases[1].request.subject],
                                                                    [cases[2].request.subject]]
     assert computed[0].weights_fingerprint == computed[1].weights_fingerprint  # both from the base
+    assert records[0]["kind"] == "unedited"
+    records = records[1:]
     assert [(r["kind"], r["start"], r["size"], len(r["scores"])) for r in records] == [("batch", 0, 2, 2),
                                                                                       ("batch", 2, 1, 1)]
     assert run["summary"]["ES"] == 100.0 and run["summary"]["PS"] == 100.0
@@ -282,8 +290,8 @@ def test_memit_batches_are_independent_unless_sequential(tmp_path):
     again = run_evaluation(editor, cases, ["memit"], [1], batch_size=2, memit_hparams=hp, sequential=True,
                            checkpoints=[1], on_record=records.append, progress=False)
     assert computed[0].weights_fingerprint != computed[1].weights_fingerprint  # the second sees the first
-    assert [r["kind"] for r in records] == ["batch", "checkpoint", "batch"]
-    assert records[1]["edits"] == 2 and records[1]["summary"]["n"] == 2
+    assert [r["kind"] for r in records] == ["unedited", "batch", "checkpoint", "batch"]
+    assert records[2]["edits"] == 2 and records[2]["summary"]["n"] == 2
     assert again["runs"][0]["summary"]["ES"] == 100.0 and editor.applied() == ()
 
 
@@ -302,7 +310,7 @@ def test_memit_on_zsre_and_resumed_batches(tmp_path):
     computed = []
     editor.compute_memit = lambda requests, hparams: computed.append(requests) or Editor.compute_memit(
         editor, requests, hparams)
-    resumed = run_evaluation(editor, cases, ["memit"], [1], batch_size=2, memit_hparams=hp, done=first[:1],
+    resumed = run_evaluation(editor, cases, ["memit"], [1], batch_size=2, memit_hparams=hp, done=first[:2],
                              progress=False)
     assert [[r.subject for r in c] for c in computed] == [[cases[2].request.subject]]
     assert resumed["runs"][0]["summary"] == full["runs"][0]["summary"]
