@@ -693,11 +693,11 @@ def _unedited(editor, cases: Sequence, sequential: bool, progress: bool, gen_tok
                 and (not sequential or "unedited_generation_entropy" in record)):
             fields = {k: v for k, v in record.items() if k.startswith("unedited")}
             return fields if sequential else {k: v for k, v in fields.items() if k != "unedited_generation_entropy"}
-    fields = {"unedited": evaluate_unedited(editor, cases, progress, gen_tokens),
-              "unedited_neutral_nll": neutral_nll(editor.model, editor.tokenizer)}
+    scores = evaluate_unedited(editor, cases, progress, gen_tokens)  # restores the base weights first
+    before = _fluency(editor, sequence_ge_prompts(cases) if sequential else [])  # no prompts: no texts sampled
+    fields = {"unedited": scores, "unedited_neutral_nll": before["neutral_nll"]}
     if sequential:
-        fields["unedited_generation_entropy"] = generation_entropy(editor.model, editor.tokenizer,
-                                                                   sequence_ge_prompts(cases))
+        fields["unedited_generation_entropy"] = before["generation_entropy"]
     if on_record:
         on_record({"kind": "unedited", "cases": cases_id, "gen_tokens": gen_tokens, **fields})
     return fields
