@@ -289,30 +289,40 @@ def evaluate_unedited(editor, cases: Sequence, progress: bool = True, gen_tokens
                     for c in tqdm(cases, desc="unedited", disable=not progress, leave=False)])
 
 
-def delta_record(delta) -> dict:
-    """A delta as JSON (its stored float32 bytes in base64): what a resumed sequential run replays."""
+def tensor_text(tensor) -> str:
+    """A tensor's float32 bytes in base64: how run records keep tensors (JSON only)."""
     import base64
 
     from romevc.editing.delta import float32_bytes
 
+    return base64.b64encode(float32_bytes(tensor)).decode()
+
+
+def tensor_from_text(text: str, shape: Sequence[int], what: str):
+    """The exact float32 tensor :func:`tensor_text` wrote (nothing is unpickled)."""
+    import base64
+
+    from romevc.editing.delta import tensor_from_float32_bytes
+
+    raw = base64.b64decode(text, validate=True)
+    if len(raw) != 4 * math.prod(shape):
+        raise RomevcError(f"a stored {what} has {len(raw) // 4} values, not {list(shape)}")
+    return tensor_from_float32_bytes(raw, tuple(shape))
+
+
+def delta_record(delta) -> dict:
+    """A delta as JSON: what a resumed sequential run replays."""
     return {"module": delta.module, "layout": delta.layout, "shape_u": list(delta.u.shape),
-            "shape_v": list(delta.v.shape), "u": base64.b64encode(float32_bytes(delta.u)).decode(),
-            "v": base64.b64encode(float32_bytes(delta.v)).decode()}
+            "shape_v": list(delta.v.shape), "u": tensor_text(delta.u), "v": tensor_text(delta.v)}
 
 
 def delta_from_record(data: dict):
-    """The exact delta :func:`delta_record` wrote (JSON only: nothing is unpickled)."""
-    import base64
+    """The exact delta :func:`delta_record` wrote."""
+    from romevc.editing.delta import Delta
 
-    from romevc.editing.delta import Delta, tensor_from_float32_bytes
-
-    def decode(text, shape):
-        raw = base64.b64decode(text, validate=True)
-        if len(raw) != 4 * math.prod(shape):
-            raise RomevcError(f"a stored delta of {data.get('module')!r} has {len(raw) // 4} values, not {shape}")
-        return tensor_from_float32_bytes(raw, tuple(shape))
-
-    return Delta(data["module"], data["layout"], decode(data["u"], data["shape_u"]), decode(data["v"], data["shape_v"]))
+    what = f"delta of {data.get('module')!r}"
+    return Delta(data["module"], data["layout"], tensor_from_text(data["u"], data["shape_u"], what),
+                 tensor_from_text(data["v"], data["shape_v"], what))
 
 
 def _sequential_prefix(done: Sequence[dict], hparams) -> tuple[list[dict], dict[int, dict]]:
@@ -323,6 +333,21 @@ def _sequential_prefix(done: Sequence[dict], hparams) -> tuple[list[dict], dict[
     while len(prefix) in edits:
         prefix.append(edits[len(prefix)])
     reached = {r["edits"]: r for r in mine if r.get("kind") == "checkpoint" and r["edits"] <= len(prefix)}
+    return prefix, reached
+
+
+def _sequential_batches(done: Sequence[dict], method: str, layers: list[int],
+                        size: int) -> tuple[list[dict], dict[int, dict]]:
+    """The stored batches 0..k-1 of a sequential batch run (this method, layers and batch size), and its checkpoints."""
+    mine = [r for r in done if r.get("method") == method and r.get("layers") == layers]
+    batches = {r["start"]: r for r in mine if r.get("kind") == "batch" and r.get("sequential") and "deltas" in r}
+    prefix: list[dict] = []
+    while size * len(prefix) in batches and batches[size * len(prefix)]["size"] <= size:
+        prefix.append(batches[size * len(prefix)])
+        if prefix[-1]["size"] < size:  # a short batch can only be the last
+            break
+    end = sum(r["size"] for r in prefix)
+    reached = {r["edits"]: r for r in mine if r.get("kind") == "checkpoint" and r["edits"] <= end}
     return prefix, reached
 
 
@@ -466,7 +491,9 @@ def evaluate_memit(editor, cases: Sequence, hparams, *, batch_size: int | None =
     applied on top; all cases are scored at the end, and at each count in ``checkpoints``
     that a batch reaches or passes, the cases edited so far. ``on_record`` receives one
     JSON-able dict per batch (and per checkpoint); independent batches passed back as
-    ``done`` with the same layers, start and size are reused instead of recomputed.
+    ``done`` with the same layers, start and size are reused instead of recomputed, and a
+    sequence's unbroken run of stored batches from the first is replayed from their deltas
+    (and, for AlphaEdit, the keys they protect), so a resumed run ends where a whole one would.
     ``method="alphaedit"``: in a sequence each batch also protects the keys of the batches
     before it, as AlphaEdit does.
     """
@@ -479,17 +506,44 @@ def evaluate_memit(editor, cases: Sequence, hparams, *, batch_size: int | None =
     reuse = {} if sequential else {(r["start"], r["size"]): r for r in done if r.get("kind") == "batch"
                                    and r.get("method") == method and r.get("layers") == layers}
     ge_prompts = sequence_ge_prompts(cases) if sequential else []
+    replay, replayed_checkpoints = _sequential_batches(done, method, layers, size) if sequential else ([], {})
     preserved = None
     if method == "alphaedit":
         from romevc.editing.alphaedit import PreservedKeys
 
         preserved = PreservedKeys()
+
+    def checkpoint(end: int) -> dict:  # on the model carrying the first ``end`` cases' edits
+        so_far = [score(editor.model, editor.tokenizer, c) for c in cases[:end]]
+        return {"kind": "checkpoint", "method": method, "layer": layer_label(layers), "layers": layers,
+                "edits": end, "summary": summary(so_far), **_fluency(editor, ge_prompts)}
+
     editor.restore()
     results, seconds, norms, relative, scores, fluency, reached = [], [], [], [], [], [], []
     weight_norms = {layer: _edited_weight_norm(editor, layer) for layer in layers}
     starts = range(0, len(cases), size)
     for number, start in enumerate(tqdm(starts, desc=f"{method} batches", disable=not progress, leave=False)):
         batch = cases[start : start + size]
+        end = start + len(batch)
+        if number < len(replay):
+            earlier = replay[number]
+            seconds.append(earlier["seconds"])
+            norms.extend(earlier["delta_norms"])
+            relative.extend(n / weight_norms[layer] for n, layer in zip(earlier["delta_norms"], layers))
+            results.extend(delta_from_record(d) for d in earlier["deltas"])
+            if preserved is not None:
+                preserved.add(layers, [tensor_from_text(k["data"], k["shape"], "protected key")
+                                       for k in earlier["keys"]])
+            crossed = any(start < c <= end for c in checkpoints)
+            stored = replayed_checkpoints.get(end)
+            if crossed and stored is not None:
+                reached.append(stored)
+            if (crossed and stored is None) or number + 1 == len(replay):  # the model must carry them from here on
+                editor.apply(results)
+            if crossed and stored is None:
+                reached.append(checkpoint(end))
+                emit(reached[-1])
+            continue
         if (start, len(batch)) in reuse:
             earlier = reuse[start, len(batch)]
             seconds.append(earlier["seconds"])
@@ -517,11 +571,11 @@ def evaluate_memit(editor, cases: Sequence, hparams, *, batch_size: int | None =
                   "delta_norm": mean(batch_norms)}
         if sequential:
             editor.apply(results)
-            end = start + len(batch)
+            record.update(sequential=True, deltas=[delta_record(d) for d in result.deltas])
+            if preserved is not None:
+                record["keys"] = [{"shape": list(k.shape), "data": tensor_text(k.float())} for k in keys]
             if any(start < c <= end for c in checkpoints):
-                so_far = [score(editor.model, editor.tokenizer, c) for c in cases[:end]]
-                reached.append({"kind": "checkpoint", "method": method, "layer": layer_label(layers),
-                                "edits": end, "summary": summary(so_far), **_fluency(editor, ge_prompts)})
+                reached.append(checkpoint(end))
         else:
             editor.apply([result])
             batch_scores = [score(editor.model, editor.tokenizer, c) for c in batch]

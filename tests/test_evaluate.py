@@ -422,6 +422,43 @@ def test_alphaedit_in_sequence_protects_the_keys_of_earlier_batches(tmp_path):
     assert json.loads(result.stdout)["runs"][0]["method"] == "alphaedit"
 
 
+@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+def test_sequential_batches_resume_by_replaying_stored_deltas_and_keys(tmp_path, method):
+    """A sequence of batches of one, cut after the first: resumed, it computes only the rest, and the
+    rest are bit for bit the uninterrupted run's (same weights; for AlphaEdit, same protected keys)."""
+    from romevc.editing.stats import StatsCache
+    from romevc.editor import Editor
+    from romevc.evaluate import run_evaluation
+    from romevc.model import load_base
+
+    cases = load_dataset(_memit_file(tmp_path), 3)
+    editor = Editor(load_base(str(TINY_GPT2)), StatsCache(n_tokens=2000, root=tmp_path / "stats"))
+    hparams = {"memit_hparams": editor.memit_hparams(mom2_update_weight=10.0)} if method == "memit" else \
+        {"alphaedit_hparams": editor.alphaedit_hparams(null_space_energy=0.3, l2=1.0)}
+    run = lambda **kw: run_evaluation(editor, cases, [method], [1], batch_size=1, sequential=True,  # noqa: E731
+                                      checkpoints=[1, 2], progress=False, **hparams, **kw)
+    first: list[dict] = []
+    full = run(on_record=first.append)
+    batches = [r for r in first if r["kind"] == "batch"]
+    assert [r["sequential"] for r in batches] == [True] * 3 and all(len(r["deltas"]) == 2 for r in batches)
+    assert ("keys" in batches[0]) == (method == "alphaedit")
+    kept = [r for r in first if (r["kind"] == "batch" and r["start"] < 1) or (r["kind"] == "checkpoint"
+                                                                            and r["edits"] <= 1)
+            or r["kind"] == "unedited"]
+    computed = []
+    original = getattr(editor, f"compute_{method}")
+    setattr(editor, f"compute_{method}", lambda requests, *a: computed.append(requests) or original(requests, *a))
+    again: list[dict] = []
+    resumed = run(on_record=again.append, done=kept)
+    assert [[r.subject for r in c] for c in computed] == [[cases[1].request.subject], [cases[2].request.subject]]
+    assert [r["start"] for r in again if r["kind"] == "batch"] == [1, 2]
+    for before, after in zip(batches[1:], [r for r in again if r["kind"] == "batch"]):
+        assert before["deltas"] == after["deltas"] and before.get("keys") == after.get("keys")
+    assert resumed["runs"][0]["summary"] == full["runs"][0]["summary"]
+    assert resumed["runs"][0]["checkpoints"] == full["runs"][0]["checkpoints"]
+    assert editor.applied() == ()
+
+
 def test_target_nll_reads_the_head_only_where_needed_and_agrees_with_the_full_logits(tiny):
     """The head applied at the targets' positions gives the NLLs that full logits give."""
     from romevc.predict import target_nll
