@@ -12,7 +12,7 @@ from romevc.editing import delta as deltas
 from romevc.editing import forward
 from romevc.editing.hparams import RomeHyperParams
 from romevc.editing.memit import (batch_prompts, compute_memit, keys_and_hidden, memit_layer_update,
-                                  spread_over_layers)
+                                  optimise_targets, spread_over_layers)
 from romevc.editing.memit_hparams import MemitHyperParams, memit_defaults
 from romevc.editing.request import EditRequest
 from romevc.editing.rome import build_prompts, compute_edit
@@ -180,6 +180,43 @@ def test_result_records_everything_needed_to_recompute(family_batch):
     assert result.stats_ids == tuple(stats.get(model, tokenizer, l).id for l in result.layers)
     assert result.weights_fingerprint == deltas.weights_fingerprint(model)
     assert len(result.losses) == 2 and all(len(l) >= 1 for l in result.losses)
+
+
+def test_requests_optimised_side_by_side_get_the_targets_they_get_alone(family_batch):
+    """``target_group`` stacks the requests' rows; each δ sees only its own, so the targets agree
+    with one-at-a-time up to float rounding, step counts and early stops included."""
+    model, tokenizer, hp, stats, result, before = family_batch
+    arch = architecture_for(model)
+    requests = (*REQUESTS, EditRequest("{} works as a", "Oda Fernlund", "pilot"))
+    prompts = batch_prompts(tokenizer, requests, result.templates, hp.kl_prompt)
+    _, hidden = keys_and_hidden(model, arch, hp.layers[-1], hp.layers[-1], prompts)
+    run = lambda **change: optimise_targets(  # noqa: E731
+        model, arch, prompts, hidden, MemitHyperParams.from_dict({**hp.to_dict(), "v_steps": 6, **change}),
+        progress=False)
+    _, unstopped = run(early_stop_loss=0.0)
+    first = sorted(losses[0] for losses in unstopped)  # δ = 0 at step 0: the loss is NLL + KL
+    stop_below = (first[0] + first[-1]) / 2  # so one request stops at once and another runs on
+    alone, alone_losses = run(early_stop_loss=stop_below, target_group=1)
+    together, together_losses = run(early_stop_loss=stop_below, target_group=2)
+    assert [len(l) for l in together_losses] == [len(l) for l in alone_losses]
+    assert min(map(len, alone_losses)) == 1 and max(map(len, alone_losses)) > 1
+    for mine, theirs in zip(together_losses, alone_losses):
+        torch.testing.assert_close(torch.tensor(mine), torch.tensor(theirs), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+    moved = (together - hidden.double()).norm(dim=1) > 0
+    assert moved.tolist() == [len(l) > 1 for l in alone_losses]  # a δ stopped at step 0 stays 0 beside moving ones
+    for name, param in model.named_parameters():
+        assert torch.equal(param, before[name]), name
+
+
+def test_target_group_is_recorded_and_old_batches_recompute_alone():
+    assert MemitHyperParams(target_group=8).to_dict()["target_group"] == 8
+    stored = {k: v for k, v in MemitHyperParams(target_group=8).to_dict().items() if k != "target_group"}
+    assert MemitHyperParams.from_dict(stored).target_group == 1
+    with pytest.raises(HyperParamsError, match="target_group"):
+        MemitHyperParams(target_group=0)
+    with pytest.raises(HyperParamsError, match="fast_path"):
+        MemitHyperParams(target_group=2, fast_path=False)
 
 
 # -- on top of applied edits -------------------------------------------------------------------------

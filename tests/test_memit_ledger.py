@@ -20,7 +20,7 @@ from tests.tiny_facts import A, AUTHOR, FIXTURE
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 FACTS = BATCH[:3]
-HP = dict(TINY_HP, v_steps=8)  # layers (0, 1), λ 10; eight steps flip these three facts
+HP = dict(TINY_HP, v_steps=8, templates=[[5, 10], [10, 10]])  # layers (0, 1), λ 10, ROME's 21 templates: eight steps flip these three facts
 
 
 @pytest.fixture()

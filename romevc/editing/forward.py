@@ -85,13 +85,18 @@ def capture_at_layer(model: torch.nn.Module, arch: Architecture, layer: int, bat
 
 
 @contextlib.contextmanager
-def add_at_positions(module: torch.nn.Module, delta: torch.Tensor, positions: torch.Tensor) -> Iterator[None]:
-    """Add ``delta`` (d_out,) to ``module``'s output at ``positions[row]`` of every row."""
+def add_at_positions(module: torch.nn.Module, delta: torch.Tensor, positions: torch.Tensor,
+                     owners: torch.Tensor | None = None) -> Iterator[None]:
+    """Add ``delta`` (d_out,) to ``module``'s output at ``positions[row]`` of every row.
+
+    With ``owners`` (one index per row), ``delta`` is (n, d_out) and row r gets ``delta[owners[r]]``.
+    """
     rows = torch.arange(positions.shape[0])
 
     def hook(_module, _inputs, output):
         output = output.clone()
-        output[rows, positions] += delta.to(output.dtype)
+        added = delta if owners is None else delta[owners]
+        output[rows, positions] += added.to(output.dtype)
         return output
 
     handle = module.register_forward_hook(hook)

@@ -37,6 +37,7 @@ from romevc.architectures import Architecture, architecture_for, check_layer
 from romevc.editing import delta as deltas
 from romevc.editing import forward
 from romevc.editing.delta import Delta
+from romevc.editing.joint_values import optimise_values_jointly
 from romevc.editing.memit_hparams import MemitHyperParams, memit_defaults
 from romevc.editing.request import EditRequest
 from romevc.editing.result import MemitResult
@@ -112,14 +113,24 @@ def optimise_targets(model: torch.nn.Module, arch: Architecture, prompts: BatchP
     """Z (n, d_model) float64: each request's wanted hidden state after the last layer, z_i = h_i + δ_i."""
     last = hp.layers[-1]
     value_hp = hp.value_hparams()
+    block = arch.layer_prefix(last)
+    requests = prompts.per_request
     targets, losses = [], []
-    for i, request_prompts in enumerate(tqdm(prompts.per_request, desc="memit targets", unit="fact",
-                                             disable=not progress or len(prompts.per_request) < 2, leave=False)):
-        capture = forward.capture_at_layer(model, arch, last, request_prompts.batch)
-        delta, request_losses = optimise_value(model, arch, last, request_prompts, capture, hidden[i], value_hp,
-                                               inject_into=arch.layer_prefix(last))
-        targets.append(hidden[i].double() + delta.double())
-        losses.append(request_losses)
+    with tqdm(total=len(requests), desc="memit targets", unit="fact",
+              disable=not progress or len(requests) < 2, leave=False) as bar:
+        for start in range(0, len(requests), hp.target_group):
+            group, base = requests[start : start + hp.target_group], hidden[start : start + hp.target_group]
+            if hp.target_group == 1:
+                capture = forward.capture_at_layer(model, arch, last, group[0].batch)
+                delta, request_losses = optimise_value(model, arch, last, group[0], capture, base[0], value_hp,
+                                                       inject_into=block)
+                delta, group_losses = delta[None], [request_losses]
+            else:
+                delta, group_losses = optimise_values_jointly(model, arch, last, group, base, value_hp,
+                                                              inject_into=block)
+            targets.extend(base.double() + delta.double())
+            losses.extend(group_losses)
+            bar.update(len(group))
     return torch.stack(targets), losses
 
 

@@ -4,7 +4,8 @@ MEMIT (Meng et al. 2023) spreads a batch of edits over a range of layers. Its va
 optimisation is ROME's, with one difference that changes a constant: δ is added to the
 residual stream after the range's last layer, not to one MLP's output, so the clamp is
 relative to a hidden state's norm — 0.75 in the paper's configs (hparams/MEMIT/*.json)
-where ROME uses 4. The value-optimisation fields are checked by building the equivalent
+where ROME uses 4 — and the context prefixes are MEMIT's: the bare prompt and five of ten
+tokens (ROME's code takes twenty), which makes each δ about 3.5× cheaper. The value-optimisation fields are checked by building the equivalent
 :class:`RomeHyperParams`, so both methods accept and refuse exactly the same values.
 """
 from __future__ import annotations
@@ -59,10 +60,16 @@ class MemitHyperParams:
         "help": "‖δ‖ is clamped to this × ‖h‖, h the hidden state after the last layer at the subject"})
     early_stop_loss: float = field(default=5e-2, metadata={"help": "stop a δ once NLL + KL is below this"})
     kl_prompt: str = field(default="{} is a", metadata={"help": "prompt whose prediction the KL term keeps"})
-    templates: tuple[tuple[int, int], ...] = field(default=((5, 10), (10, 10)), metadata={
-        "help": "context prefixes as (tokens, count) pairs; the paper uses 10 of 5 and 10 of 10"})
+    templates: tuple[tuple[int, int], ...] = field(default=((10, 5),), metadata={
+        "help": "context prefixes as (tokens, count) pairs; MEMIT's code uses 5 of 10 tokens (ROME's: 10 of 5 "
+                "and 10 of 10). Each prefix is one more row in every step of every request's δ"})
     fast_path: bool = field(default=True, metadata={
         "help": "run the layers below the last edited one once per request and skip parameter gradients"})
+    # 16 side by side: 2.0x faster per δ than one at a time on this machine (2 threads, demo model,
+    # 6 templates: 4.07 → 2.06 s per fact for 10 requests; targets within 3e-5 of ‖δ‖), 1.9 GB peak.
+    target_group: int = field(default=16, metadata={
+        "help": "requests whose δ are optimised side by side in one batched pass per step; each δ still "
+                "sees only its own prompts, so this changes speed and float rounding, not the objective"})
 
     def __post_init__(self) -> None:
         if self.layers is not None:
@@ -77,6 +84,10 @@ class MemitHyperParams:
                 and weight > 0):
             raise HyperParamsError(f"`mom2_update_weight` must be a finite positive number, got {weight!r}")
         object.__setattr__(self, "mom2_update_weight", float(weight))
+        if not (_is_int(self.target_group) and self.target_group >= 1):
+            raise HyperParamsError(f"`target_group` must be a positive integer, got {self.target_group!r}")
+        if self.target_group > 1 and not self.fast_path:
+            raise HyperParamsError("`target_group` above 1 needs `fast_path`: the plain path runs each request alone")
         object.__setattr__(self, "templates", self.value_hparams().templates)  # validates the shared fields
 
     def value_hparams(self) -> RomeHyperParams:
@@ -94,6 +105,8 @@ class MemitHyperParams:
     @classmethod
     def from_dict(cls, data: dict) -> "MemitHyperParams":
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        # Batches stored before ``target_group`` existed optimised each δ alone: recompute them so.
+        known.setdefault("target_group", 1)
         return cls(**known)
 
 
