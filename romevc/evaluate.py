@@ -538,9 +538,10 @@ def evaluate_memit(editor, cases: Sequence, hparams, *, batch_size: int | None =
             stored = replayed_checkpoints.get(end)
             if crossed and stored is not None:
                 reached.append(stored)
-            if (crossed and stored is None) or number + 1 == len(replay):  # the model must carry them from here on
+            missing = crossed and stored is None
+            if missing or number + 1 == len(replay):  # the model must carry them from here on
                 editor.apply(results)
-            if crossed and stored is None:
+            if missing:
                 reached.append(checkpoint(end))
                 emit(reached[-1])
             continue

@@ -9,7 +9,9 @@ cores better than twenty-row batches do, which is where MEMIT spends its time.
 
 Per request, exactly as alone: the loss is its mean target NLL + KL on its KL prompt +
 weight decay; it stops (its δ frozen) once NLL + KL is below ``early_stop_loss``; its
-‖δ‖ is clamped to ``clamp_norm_factor`` × ‖its base value‖.
+‖δ‖ is clamped to ``clamp_norm_factor`` × ‖its base value‖. The loss is written out here
+rather than shared with :func:`rome.optimise_value`: regrouping that function's sums would
+change the bits of every single ROME edit, and stored edits must recompute exactly.
 """
 from __future__ import annotations
 

@@ -5,8 +5,9 @@ optimisation is ROME's, with one difference that changes a constant: δ is added
 residual stream after the range's last layer, not to one MLP's output, so the clamp is
 relative to a hidden state's norm — 0.75 in the paper's configs (hparams/MEMIT/*.json)
 where ROME uses 4 — and the context prefixes are MEMIT's: the bare prompt and five of ten
-tokens (ROME's code takes twenty), which makes each δ about 3.5× cheaper. The value-optimisation fields are checked by building the equivalent
-:class:`RomeHyperParams`, so both methods accept and refuse exactly the same values.
+tokens (ROME's code takes twenty), which makes each δ about 3.5× cheaper. The
+value-optimisation fields are checked by building the equivalent :class:`RomeHyperParams`,
+so both methods accept and refuse exactly the same values.
 """
 from __future__ import annotations
 
