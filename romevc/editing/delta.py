@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import operator
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from romevc.architectures import LAYOUT_CONV1D, LAYOUT_LINEAR
 _PRISTINE = "_romevc_pristine"  # module name -> pristine weight copy, kept on the model
 _APPLIED = "_romevc_applied"  # the deltas currently applied, in order
 _BASE_FP = "romevc_base_fingerprint"
+_ROWS = "_romevc_rows"  # on a decoded buffer: (the float32 matrix, its row views); see row_views
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,12 +136,37 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def row_views(matrix: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The rows of ``matrix`` as views, remembered with its memory.
+
+    Stacking exactly these rows again, in order (:func:`stacked_factors`), then hands back
+    ``matrix`` itself after one identity check per row: a 1,000-edit checkout decodes each
+    module's blobs into one matrix and gives every edit a row of it.
+    """
+    rows = matrix.unbind(0)
+    if rows and matrix.dim() == 2 and matrix.dtype == torch.float32 and matrix.device.type == "cpu":
+        setattr(rows[0]._base, _ROWS, (matrix, rows))  # _base: the memory every row view shares
+    return rows
+
+
+def _decoded_matrix(rows: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """The matrix whose :func:`row_views` are exactly ``rows``, in order (None if they are not)."""
+    root = rows[0]._base if rows else None
+    matrix, own = getattr(root, _ROWS, (None, ())) if root is not None else (None, ())
+    if len(own) == len(rows) and all(map(operator.is_, own, rows)):
+        return matrix
+    return None
+
+
 def stacked_factors(deltas: Sequence[Delta]) -> tuple[torch.Tensor, torch.Tensor]:
     """U (k, d_in) and V (k, d_out) of deltas on one module, float32, in edit order: Σ ΔW = Vᵀ U.
 
     Rank-one CPU deltas (every ROME edit read from a ledger) stack without a per-delta
     reshape: a 1,000-edit checkout spends its time in the product, not in Python.
     """
+    u, v = _decoded_matrix([d.u for d in deltas]), _decoded_matrix([d.v for d in deltas])
+    if u is not None and v is not None:
+        return u, v
     if all(d.u.dim() == 1 and d.u.device.type == "cpu" and d.v.device.type == "cpu" for d in deltas):
         return _stacked_rows([d.u for d in deltas]).float(), _stacked_rows([d.v for d in deltas]).float()
     u = torch.cat([d.u.detach().reshape(d.rank, -1).cpu() for d in deltas]).float()

@@ -127,12 +127,12 @@ def edit_id_from_stored(
     return h.hexdigest()
 
 
-@dataclass(frozen=True, eq=False)
-class StoredDelta:
+class StoredDelta(NamedTuple):
     """Just what materialising an edit needs: its id, module, layout, shapes and blobs.
 
     Read by :meth:`romevc.ledger.Ledger.deltas_of`, verified against the id like a full
-    :class:`EditRecord` but without decoding its JSON.
+    :class:`EditRecord` but without decoding its JSON. A named tuple: a checkout makes
+    one per edit, and a tuple is made in a third of a frozen dataclass's time.
     """
 
     id: str

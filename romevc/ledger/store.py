@@ -282,11 +282,11 @@ class Ledger:
 
         def op(s: Session) -> list:
             _refs.require_commit(s, commit_id)
-            return list(s.execute(
+            return s.connection().execute(  # Core rows: no ORM step per row for a 1,000-edit set
                 select(e.id, e.request_json, e.method, e.hparams_json, e.seed, e.templates_json, e.layer, e.module,
                        e.layout, e.rank, e.d_in, e.d_out, e.u, e.v)
                 .join(SqlCommitEdit, SqlCommitEdit.edit_id == e.id)
-                .where(SqlCommitEdit.commit_id == commit_id).order_by(SqlCommitEdit.position)))
+                .where(SqlCommitEdit.commit_id == commit_id).order_by(SqlCommitEdit.position)).all()
         out = []
         for row in self._read(op):
             (edit, request_json, method, hparams_json, seed, templates_json, layer, module, layout,

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from romevc.editing.delta import Delta, float32_bytes, tensor_from_float32_bytes
+from romevc.editing.delta import Delta, float32_bytes, row_views, tensor_from_float32_bytes
 from romevc.editing.result import EditResult, MemitResult
 from romevc.ledger import EditRecord, RepoInfo, StoredDelta
 from romevc.ledger.objects import canonical_json
@@ -51,18 +51,18 @@ def to_deltas(records: Sequence[EditRecord | StoredDelta]) -> list[Delta]:
     """:func:`to_delta` of each record, decoding all blobs of one module and shape in one pass.
 
     A 1,000-edit checkout then makes two tensors per module instead of 2,000; each delta's
-    u and v are rows of them (read-only use, like every delta), which the apply step
-    takes as they are instead of stacking them again.
+    u and v are rows of them (:func:`~romevc.editing.delta.row_views`; read-only use, like
+    every delta), which the apply step takes as they are instead of stacking them again.
     """
     groups: dict[tuple, list[int]] = {}
     for i, record in enumerate(records):
         groups.setdefault((record.module, *_shapes(record)), []).append(i)
     out: list[Delta | None] = [None] * len(records)
     for (_module, u_shape, v_shape), members in groups.items():
-        us = tensor_from_float32_bytes(bytearray().join(records[i].u for i in members), (len(members), *u_shape))
-        vs = tensor_from_float32_bytes(bytearray().join(records[i].v for i in members), (len(members), *v_shape))
-        for j, i in enumerate(members):
-            out[i] = Delta(records[i].module, records[i].layout, us[j], vs[j])
+        us = tensor_from_float32_bytes(bytearray().join([records[i].u for i in members]), (len(members), *u_shape))
+        vs = tensor_from_float32_bytes(bytearray().join([records[i].v for i in members]), (len(members), *v_shape))
+        for i, u, v in zip(members, row_views(us), row_views(vs)):
+            out[i] = Delta(records[i].module, records[i].layout, u, v)
     return out
 
 
