@@ -99,7 +99,7 @@ def test_decoding_a_set_at_once_gives_each_edits_own_delta_and_the_same_weights(
     run = to_deltas([e for e in edits if e.module == "m1" and e.rank == 1])
     assert stacked_factors(run)[0].data_ptr() == run[0].u.data_ptr()
     # Exactly the decoded rows, in order: the decoded matrix itself, recognised by identity;
-    # a prefix of them is stacked the general way, to the same values.
+    # a prefix of them is stacked (a copy), to the same values.
     u_run, v_run = stacked_factors(run)
     assert stacked_factors(run)[0] is u_run and stacked_factors(run)[1] is v_run
     prefix = stacked_factors(run[:-1])

@@ -161,30 +161,19 @@ def _decoded_matrix(rows: Sequence[torch.Tensor]) -> torch.Tensor | None:
 def stacked_factors(deltas: Sequence[Delta]) -> tuple[torch.Tensor, torch.Tensor]:
     """U (k, d_in) and V (k, d_out) of deltas on one module, float32, in edit order: Σ ΔW = Vᵀ U.
 
-    Rank-one CPU deltas (every ROME edit read from a ledger) stack without a per-delta
-    reshape: a 1,000-edit checkout spends its time in the product, not in Python.
+    A module's edits as a checkout decodes them (:func:`row_views`) are their decoded
+    matrices as they are, with no copy; rank-one CPU deltas otherwise stack without a
+    per-delta reshape: a 1,000-edit checkout spends its time in the product, not in Python.
     """
-    u, v = _decoded_matrix([d.u for d in deltas]), _decoded_matrix([d.v for d in deltas])
+    us, vs = [d.u for d in deltas], [d.v for d in deltas]
+    u, v = _decoded_matrix(us), _decoded_matrix(vs)
     if u is not None and v is not None:
         return u, v
     if all(d.u.dim() == 1 and d.u.device.type == "cpu" and d.v.device.type == "cpu" for d in deltas):
-        return _stacked_rows([d.u for d in deltas]).float(), _stacked_rows([d.v for d in deltas]).float()
+        return torch.stack(us).float(), torch.stack(vs).float()
     u = torch.cat([d.u.detach().reshape(d.rank, -1).cpu() for d in deltas]).float()
     v = torch.cat([d.v.detach().reshape(d.rank, -1).cpu() for d in deltas]).float()
     return u, v
-
-
-def _stacked_rows(vectors: list[torch.Tensor]) -> torch.Tensor:
-    """``torch.stack(vectors)``, without the copy when they lie back to back, in order, in one
-    tensor's memory (as :func:`romevc.porcelain.materialize.to_deltas` decodes a module's edits)."""
-    first = vectors[0]
-    root, width, start = first._base, first.shape[0], first.storage_offset()
-    if (root is not None and root.is_contiguous() and first.stride() == (1,)
-            and all(v._base is root and v.shape == first.shape and v.stride() == (1,)
-                    and v.storage_offset() == start + i * width for i, v in enumerate(vectors))):
-        begin = start - root.storage_offset()
-        return root.reshape(-1)[begin:begin + len(vectors) * width].view(len(vectors), width)
-    return torch.stack(vectors)
 
 
 ROW_BLOCK = 128  # rows of a weight per product: fixed, so the bits never depend on the thread count
